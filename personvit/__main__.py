@@ -1,0 +1,5 @@
+import sys
+
+from personvit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,65 @@
+"""`personvit ckpt info PATH` and `personvit ckpt compare A B`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+
+from personvit.checkpoint import compare_checkpoints, load_checkpoint, resolve_checkpoint_path
+
+
+def _count(obj: Any) -> tuple[int, int, int]:
+    """(tensors, elements, bytes) inside a nested structure."""
+    if isinstance(obj, torch.Tensor):
+        return 1, obj.numel(), obj.numel() * obj.element_size()
+    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+    t = n = b = 0
+    for v in items:
+        dt, dn, db = _count(v)
+        t, n, b = t + dt, n + dn, b + db
+    return t, n, b
+
+
+def _summary(v: Any) -> str:
+    if isinstance(v, (int, float, str, bool)) or v is None:
+        return repr(v)
+    t, n, b = _count(v)
+    kind = type(v).__name__
+    return f"{kind}: {t} tensors, {n:,} values, {b / 2**20:.2f} MiB" if t else f"{kind} ({len(v)} items)"
+
+
+def info(path: str) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    p = resolve_checkpoint_path(path)
+    payload = load_checkpoint(p)
+    console = Console()
+    console.print(f"[bold]{p}[/bold]  ({p.stat().st_size / 2**20:.2f} MiB)")
+    console.print(f"step {payload['step']}  epoch {payload['epoch']}  end_of_epoch {payload.get('end_of_epoch')}")
+    table = Table("entry", "content")
+    for k, v in payload["state"].items():
+        table.add_row(str(k), _summary(v))
+    console.print(table)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="personvit ckpt", description=__doc__)
+    sub = parser.add_subparsers(dest="action", required=True)
+    p_info = sub.add_parser("info", help="summarise a checkpoint (file, checkpoint folder or run folder)")
+    p_info.add_argument("path")
+    p_cmp = sub.add_parser("compare", help="exit 0 only if every tensor and counter is bitwise equal")
+    p_cmp.add_argument("a")
+    p_cmp.add_argument("b")
+    args = parser.parse_args(argv)
+    if args.action == "info":
+        return info(args.path)
+    diff = compare_checkpoints(args.a, args.b)
+    if diff is None:
+        print(f"identical: {resolve_checkpoint_path(args.a)} == {resolve_checkpoint_path(args.b)}")
+        return 0
+    print(f"different: {diff}")
+    return 1

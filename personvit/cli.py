@@ -1,0 +1,58 @@
+"""The `personvit` command: one subcommand per job kind, each owned by its module's `main(argv)`.
+
+Subcommand modules are imported lazily so `personvit ckpt info` does not pay for importing the
+training stack, and a broken optional dependency of one command cannot break the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from personvit import __version__
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "pretrain": ("personvit.engine.pretrain", "self-supervised DINO+MIM pretraining (CONFIG [key=value ...])"),
+    "finetune": ("personvit.engine.finetune", "BoT fine-tuning on a labeled ReID shard set (CONFIG [key=value ...])"),
+    "evaluate": ("personvit.engine.evaluate", "mAP / CMC / mINP of a checkpoint (CONFIG [key=value ...])"),
+    "export": ("personvit.engine.export", "export features (.npz) or the backbone (ONNX)"),
+    "visualize": ("personvit.viz.cli", "attention maps, patch clusters, correspondences, ranked lists"),
+    "ckpt": ("personvit.checkpoint_cli", "inspect (info) or compare checkpoints bitwise (compare A B)"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"usage: personvit <command> [args]   (personvit {__version__})", "", "commands:"]
+    lines += [f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items()]
+    lines += ["", "`personvit <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `personvit` console script and of `python -m personvit`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        print(__version__)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        print(f"personvit: unknown command '{cmd}' (one of: {', '.join(COMMANDS)})", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[cmd][0])
+    from personvit.checkpoint import CheckpointError
+    from personvit.config.core import ConfigError
+
+    try:
+        return int(module.main(rest) or 0)
+    except (ConfigError, CheckpointError) as e:
+        # A user mistake: one line naming the culprit, no traceback.
+        print(f"personvit {cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
