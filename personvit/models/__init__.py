@@ -1,0 +1,21 @@
+"""Backbone, attention kernels, projection heads, multi-crop wrapper and checkpoint loaders."""
+
+from personvit.models.attention import BACKENDS, Attention, xformers_available
+from personvit.models.vit import (
+    VIT_ARCHS,
+    VisionTransformer,
+    build_vit,
+    interpolate_pos_embed,
+    num_flops_forward,
+)
+
+__all__ = [
+    "BACKENDS",
+    "VIT_ARCHS",
+    "Attention",
+    "VisionTransformer",
+    "build_vit",
+    "interpolate_pos_embed",
+    "num_flops_forward",
+    "xformers_available",
+]
