@@ -1,6 +1,8 @@
 """Backbone, attention kernels, projection heads, multi-crop wrapper and checkpoint loaders."""
 
 from personvit.models.attention import BACKENDS, Attention, xformers_available
+from personvit.models.heads import DINOHead, WeightNormLinear
+from personvit.models.multicrop import MultiCropOutput, MultiCropWrapper
 from personvit.models.vit import (
     VIT_ARCHS,
     VisionTransformer,
@@ -13,6 +15,10 @@ __all__ = [
     "BACKENDS",
     "VIT_ARCHS",
     "Attention",
+    "DINOHead",
+    "MultiCropOutput",
+    "MultiCropWrapper",
+    "WeightNormLinear",
     "VisionTransformer",
     "build_vit",
     "interpolate_pos_embed",

@@ -1,0 +1,120 @@
+"""Multi-crop wrapper: backbone + head over views of several resolutions, one pass per resolution.
+
+DINO / iBOT feed the 2 global views and the n local views as lists; consecutive views with the
+same (H, W) are concatenated into one batch so the backbone runs once per resolution group (twice
+per step in the recipe, not 2 + n times). Patch logits are computed only for the leading
+`patch_views` views (the global ones: the MIM loss needs them), CLS logits for every view, which
+spares the head the local views' patch tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+__all__ = ["MultiCropOutput", "MultiCropWrapper"]
+
+
+class MultiCropOutput(NamedTuple):
+    """What one multi-crop pass returns.
+
+    cls: [V, B, K] CLS logits for every view, in input order.
+    patch: [P, B, N, Kp] patch logits of the first P views, or None when P = 0.
+    features: [V, B, D] backbone CLS features (after the final norm), for monitoring and kNN.
+    """
+
+    cls: torch.Tensor
+    patch: torch.Tensor | None
+    features: torch.Tensor
+
+
+def resolution_groups(crops: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
+    """[start, end) view ranges of consecutive crops sharing the same (H, W)."""
+    groups: list[tuple[int, int]] = []
+    start = 0
+    for i in range(1, len(crops) + 1):
+        if i == len(crops) or crops[i].shape[-2:] != crops[start].shape[-2:]:
+            groups.append((start, i))
+            start = i
+    return groups
+
+
+class MultiCropWrapper(nn.Module):
+    """Run a token backbone and a DINO head over a list of views.
+
+    Args:
+        backbone: module with `forward(x, mask=None) -> [B, 1 + N, D]` tokens (our ViT).
+        head: module with `forward(tokens) -> (cls_logits, patch_logits)` (`DINOHead`).
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(
+        self,
+        crops: Sequence[torch.Tensor],
+        masks: Sequence[torch.Tensor] | torch.Tensor | None = None,
+        patch_views: int | None = None,
+    ) -> MultiCropOutput:
+        """Forward every view.
+
+        Args:
+            crops: V tensors [B, 3, H_v, W_v]; same-size views must be consecutive (globals first).
+            masks: masks [B, N] (bool) for the first len(masks) views, e.g. the student's 2 globals;
+                a [Vm, B, N] tensor is taken as Vm masks. None for the teacher.
+            patch_views: how many leading views get patch logits; default the first resolution group.
+        """
+        if isinstance(crops, torch.Tensor):
+            crops = [crops]
+        if len(crops) == 0:
+            raise ValueError("MultiCropWrapper: no crops given")
+        batch = crops[0].shape[0]
+        if any(c.shape[0] != batch for c in crops):
+            raise ValueError(
+                f"MultiCropWrapper: all views need the same batch size, got {[c.shape[0] for c in crops]}"
+            )
+        masks = list(masks) if masks is not None else []
+        if len(masks) > len(crops):
+            raise ValueError(f"MultiCropWrapper: {len(masks)} masks for {len(crops)} views")
+        groups = resolution_groups(crops)
+        if patch_views is None:
+            patch_views = groups[0][1]
+        if not 0 <= patch_views <= groups[0][1]:
+            # Patch logits of different grids cannot be stacked; only the first group qualifies.
+            raise ValueError(
+                f"MultiCropWrapper: patch_views={patch_views} must lie within the first {groups[0][1]} same-size views"
+            )
+
+        cls_out, patch_out, feats = [], [], []
+        for start, end in groups:
+            x = torch.cat(list(crops[start:end]))
+            mask = None
+            if start < len(masks):
+                # Views of this group without a mask get an all-False one (nothing replaced).
+                n = masks[0].shape[-1] if masks[0].ndim == 2 else masks[0][0].numel()
+                group_masks = [
+                    masks[v].reshape(batch, -1)
+                    if v < len(masks)
+                    else torch.zeros(batch, n, dtype=torch.bool, device=x.device)
+                    for v in range(start, end)
+                ]
+                mask = torch.cat(group_masks)
+            tokens = self.backbone(x, mask=mask)
+            feats.append(tokens[:, 0])
+            if start < patch_views:
+                cls, patch = self.head(tokens)
+                keep = min(end, patch_views) - start
+                patch_out.append(patch.unflatten(0, (end - start, batch))[:keep])
+            else:
+                cls, _ = self.head(tokens[:, 0])
+            cls_out.append(cls)
+
+        cls = torch.cat(cls_out).unflatten(0, (len(crops), batch))
+        patch = torch.cat(patch_out) if patch_out else None
+        features = torch.cat(feats).unflatten(0, (len(crops), batch))
+        return MultiCropOutput(cls=cls, patch=patch, features=features)
