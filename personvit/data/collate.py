@@ -1,0 +1,122 @@
+"""Per-sample multi-crop output and its batched form, grouped by resolution.
+
+`PretrainBatch` is the contract between the loader and the trainer: uint8 crops (cheap to move,
+~4x smaller than float), the photometric parameters that travel with them, and the student masks.
+`views(device)` turns it into the normalised float views the student/teacher consume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from personvit.data.photometric import PhotometricParams, apply_photometric
+
+
+@dataclass
+class SampleViews:
+    """One sample after the worker-side work.
+
+    Attributes:
+        key: sample key in its shard.
+        crops: 2 + n_local uint8 [H, W, 3] arrays, globals first.
+        photometric: `draw_photometric` output (leading dim V).
+        masks: bool [2, N] student masks of the two global views.
+    """
+
+    key: str
+    crops: list[np.ndarray]
+    photometric: dict[str, np.ndarray]
+    masks: np.ndarray
+
+
+@dataclass
+class PretrainBatch:
+    """One step's data for one rank.
+
+    Attributes:
+        global_crops: 2 uint8 tensors [B, 3, H, W].
+        local_crops: n_local uint8 tensors [B, 3, h, w].
+        photometric: parameters of every view, leading dims [V, B] (globals first).
+        masks: bool [2, B, N] student masks (all False for views drawn unmasked).
+        keys: sample keys, `shard/key`.
+        epoch: epoch of the batch.
+        index: batch index inside the epoch (resume position = index + 1).
+        max_sigma: blur kernel size parameter (the config's largest sigma).
+        corrupt: `shard/key: reason` of samples that failed to decode; their slots hold a copy of
+            another image of the batch with the slot's own random draws.
+    """
+
+    global_crops: list[torch.Tensor]
+    local_crops: list[torch.Tensor]
+    photometric: PhotometricParams
+    masks: torch.Tensor
+    keys: list[str]
+    epoch: int
+    index: int
+    max_sigma: float = 2.0
+    corrupt: list[str] = field(default_factory=list)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.keys)
+
+    def _map(self, fn) -> PretrainBatch:
+        return PretrainBatch(
+            [fn(t) for t in self.global_crops], [fn(t) for t in self.local_crops], self.photometric.map(fn),
+            fn(self.masks), self.keys, self.epoch, self.index, self.max_sigma, self.corrupt,
+        )
+
+    def pin_memory(self) -> PretrainBatch:
+        """Called by DataLoader(pin_memory=True) on the main process side."""
+        return self._map(lambda t: t.pin_memory())
+
+    def to(self, device: torch.device | str) -> PretrainBatch:
+        """The uint8 batch on `device` (non-blocking from pinned memory)."""
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+    def views(self, device: torch.device | str) -> list[torch.Tensor]:
+        """Normalised float32 views on `device`: 2 globals, then the locals.
+
+        Photometric work runs batched per resolution (all globals together, all locals together).
+        """
+        b = self.batch_size
+        ng = len(self.global_crops)
+        params = self.photometric.map(lambda t: t.to(device, non_blocking=True))
+        out: list[torch.Tensor] = []
+        for crops, lo in ((self.global_crops, 0), (self.local_crops, ng)):
+            if not crops:
+                continue
+            x = torch.cat([c.to(device, non_blocking=True) for c in crops])
+            p = params.map(lambda t, lo=lo, n=len(crops): t[lo : lo + n].flatten(0, 1))
+            out.extend(apply_photometric(x, p, self.max_sigma).split(b))
+        return out
+
+
+def collate(samples: list[SampleViews], n_global: int, epoch: int, index: int, max_sigma: float, corrupt: list[str]) -> PretrainBatch:
+    """Stack samples into a `PretrainBatch`.
+
+    Args:
+        samples: the batch's samples, in position order.
+        n_global: number of global views (the first crops of each sample).
+        epoch, index: batch identity.
+        max_sigma: forwarded for `views`.
+        corrupt: corrupt-sample reports of this batch.
+    """
+    n_views = len(samples[0].crops)
+    crops = []
+    for v in range(n_views):
+        hwc = np.stack([s.crops[v] for s in samples])  # [B, H, W, 3]
+        crops.append(torch.from_numpy(hwc).permute(0, 3, 1, 2).contiguous())
+    photometric = PhotometricParams(
+        **{
+            k: torch.from_numpy(np.stack([s.photometric[k] for s in samples], axis=1))  # [V, B, ...]
+            for k in samples[0].photometric
+        }
+    )
+    masks = torch.from_numpy(np.stack([s.masks for s in samples], axis=1))  # [2, B, N]
+    return PretrainBatch(
+        crops[:n_global], crops[n_global:], photometric, masks, [s.key for s in samples], epoch, index, max_sigma, corrupt
+    )

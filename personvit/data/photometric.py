@@ -1,0 +1,182 @@
+"""DINO/iBOT photometric augmentation as per-sample parameters applied to whole batches.
+
+Workers only *draw* each sample's parameters (from its own generator, so the stream does not
+depend on worker count); `apply_photometric` then runs on the batch, on the GPU when there is one:
+
+- colour jitter (brightness, contrast, saturation, hue in a random order per sample) and grayscale
+  are all affine in RGB, so they compose into one 3x4 colour matrix per sample, hue being a
+  rotation in the YIQ chroma plane (instead of an HSV round trip). Contrast blends towards the
+  image's mean gray, which is itself affine in the image's mean RGB, so the composition is exact
+  except that torchvision clamps to [0, 1] after every op and we clamp once at the end;
+- Gaussian blur is a separable grouped convolution with a per-sample kernel (sigma 0 = identity);
+- flip and solarize are per-sample `torch.where`s; then ImageNet normalisation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from personvit.config.data import PretrainDataConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
+SOLARIZE_THRESHOLD = 128 / 255  # PIL ImageOps.solarize default, as DINO uses it
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
+
+
+@dataclass
+class PhotometricParams:
+    """Per-view, per-sample photometric parameters; every field has leading dims [V, B] (or [N]).
+
+    Attributes:
+        flip: horizontal flip.
+        jitter: (brightness, contrast, saturation, hue) factors; identity (1, 1, 1, 0) when colour
+            jitter is not applied.
+        jitter_order: the order in which the 4 jitter ops apply (a permutation of 0..3).
+        grayscale: convert to gray (after jitter).
+        blur_sigma: Gaussian blur sigma; 0 = no blur.
+        solarize: invert pixels >= 128/255.
+    """
+
+    flip: torch.Tensor
+    jitter: torch.Tensor
+    jitter_order: torch.Tensor
+    grayscale: torch.Tensor
+    blur_sigma: torch.Tensor
+    solarize: torch.Tensor
+
+    def map(self, fn) -> PhotometricParams:
+        """A copy with `fn` applied to every tensor (indexing, `.to(device)`, pinning)."""
+        return PhotometricParams(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
+
+
+def draw_photometric(rng: np.random.Generator, cfg: PretrainDataConfig) -> dict[str, np.ndarray]:
+    """Draw one sample's parameters for all 2 + n_local views (fixed number of draws).
+
+    Args:
+        rng: the sample's colour generator (Stream.COLOR, epoch, position).
+        cfg: data config (probabilities, strengths).
+    Returns:
+        numpy arrays with leading dim V, keyed like `PhotometricParams` fields.
+    """
+    v = cfg.n_views
+    kind = np.minimum(np.arange(v), 2)  # 0: global 1, 1: global 2, 2: local
+    flip = rng.random(v) < cfg.flip_p
+    jitter_on = rng.random(v) < cfg.jitter_p
+    lo_hi = [(max(0.0, 1 - s), 1 + s) for s in (cfg.brightness, cfg.contrast, cfg.saturation)] + [(-cfg.hue, cfg.hue)]
+    factors = np.stack([rng.uniform(lo, hi, v) for lo, hi in lo_hi], axis=1)
+    factors = np.where(jitter_on[:, None], factors, np.array([1.0, 1.0, 1.0, 0.0]))
+    order = rng.permuted(np.tile(np.arange(4), (v, 1)), axis=1)
+    gray = rng.random(v) < cfg.grayscale_p
+    blur_on = rng.random(v) < np.asarray(cfg.blur_p)[kind]
+    sigma = rng.uniform(cfg.blur_sigma[0], cfg.blur_sigma[1], v)
+    solarize = rng.random(v) < np.asarray(cfg.solarize_p)[kind]
+    return {
+        "flip": flip,
+        "jitter": factors.astype(np.float32),
+        "jitter_order": order.astype(np.int64),
+        "grayscale": gray,
+        "blur_sigma": np.where(blur_on, sigma, 0.0).astype(np.float32),
+        "solarize": solarize,
+    }
+
+
+def _hue_matrices(hue: torch.Tensor) -> torch.Tensor:
+    """[N, 3, 3] RGB matrices rotating chroma by hue * 2pi in YIQ space."""
+    t = _RGB_TO_YIQ.to(hue.device, torch.float32)
+    theta = hue * (2 * math.pi)
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    rot = torch.zeros(hue.shape[0], 3, 3, device=hue.device)
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1], rot[:, 1, 2] = cos, -sin
+    rot[:, 2, 1], rot[:, 2, 2] = sin, cos
+    return torch.linalg.inv(t) @ rot @ t
+
+
+def color_matrices(jitter: torch.Tensor, order: torch.Tensor, grayscale: torch.Tensor, mean_rgb: torch.Tensor) -> torch.Tensor:
+    """Compose jitter (in each sample's order) and grayscale into affine maps [N, 3, 4] on [0, 1] RGB.
+
+    Args:
+        jitter: [N, 4] brightness, contrast, saturation, hue factors.
+        order: [N, 4] op order (0 brightness, 1 contrast, 2 saturation, 3 hue).
+        grayscale: [N] bool.
+        mean_rgb: [N, 3] mean colour of each input image in [0, 1] (contrast needs the mean gray of
+            the image at the moment contrast applies, which is the running affine map of this mean).
+    """
+    n, dev = jitter.shape[0], jitter.device
+    eye = torch.eye(3, device=dev).expand(n, 3, 3)
+    w = torch.tensor(GRAY_WEIGHTS, device=dev)
+    to_gray = torch.ones(3, 1, device=dev) * w  # [3, 3]: every channel becomes the gray value
+    b, c, s, h = jitter.unbind(1)
+    lin = eye.clone()  # running linear part [N, 3, 3] and offset [N, 3]
+    off = torch.zeros(n, 3, device=dev)
+    sat = s[:, None, None] * eye + (1 - s)[:, None, None] * to_gray
+    hue = _hue_matrices(h)
+    for slot in range(4):
+        op = order[:, slot]
+        cur_mean = torch.einsum("nij,nj->ni", lin, mean_rgb) + off
+        gray_mean = cur_mean @ w  # [N]
+        m = torch.where((op == 0)[:, None, None], b[:, None, None] * eye, eye)
+        m = torch.where((op == 1)[:, None, None], c[:, None, None] * eye, m)
+        m = torch.where((op == 2)[:, None, None], sat, m)
+        m = torch.where((op == 3)[:, None, None], hue, m)
+        t = torch.where((op == 1)[:, None], ((1 - c) * gray_mean)[:, None].expand(n, 3), torch.zeros_like(off))
+        lin, off = m @ lin, torch.einsum("nij,nj->ni", m, off) + t
+    g = torch.where(grayscale[:, None, None], to_gray.expand(n, 3, 3), eye)
+    lin, off = g @ lin, torch.einsum("nij,nj->ni", g, off)
+    return torch.cat([lin, off[:, :, None]], dim=2)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur with one sigma per image (0 = untouched), reflect padding.
+
+    Args:
+        x: [N, C, H, W] float.
+        sigma: [N] float.
+        max_sigma: largest sigma the config allows; fixes the kernel radius at ceil(3 * max_sigma).
+    """
+    n, c, hgt, wid = x.shape
+    radius = min(math.ceil(3 * max_sigma), (min(hgt, wid) - 1) // 2)
+    if radius < 1:
+        return x
+    pos = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    s = sigma.to(x.dtype).clamp_min(1e-6)[:, None]
+    k = torch.exp(-0.5 * (pos[None] / s) ** 2)
+    k = k / k.sum(1, keepdim=True)
+    delta = (pos == 0).to(x.dtype).expand(n, -1)
+    k = torch.where((sigma > 0)[:, None], k, delta)
+    k = k.repeat_interleave(c, dim=0)  # one kernel per (image, channel) group
+    y = F.pad(x.reshape(1, n * c, hgt, wid), (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, k[:, None, None, :], groups=n * c)
+    y = F.conv2d(y, k[:, None, :, None], groups=n * c)
+    return y.reshape(n, c, hgt, wid)
+
+
+def apply_photometric(x: torch.Tensor, p: PhotometricParams, max_sigma: float, normalize: bool = True) -> torch.Tensor:
+    """Flip, colour matrix, grayscale, clamp, blur, solarize, normalise: uint8 [N, 3, H, W] -> float32.
+
+    Args:
+        x: uint8 images (on the device the work should run on).
+        p: parameters with leading dim N, on the same device.
+        max_sigma: the config's largest blur sigma (kernel size).
+        normalize: apply ImageNet mean/std (off for visual checks).
+    """
+    x = x.float().div_(255)
+    x = torch.where(p.flip[:, None, None, None], x.flip(-1), x)
+    mats = color_matrices(p.jitter, p.jitter_order, p.grayscale, x.mean((2, 3)))
+    x = torch.einsum("nij,njhw->nihw", mats[:, :, :3], x) + mats[:, :, 3, None, None]
+    x = x.clamp_(0, 1)
+    if bool((p.blur_sigma > 0).any()):
+        x = gaussian_blur(x, p.blur_sigma, max_sigma)
+    x = torch.where(p.solarize[:, None, None, None] & (x >= SOLARIZE_THRESHOLD), 1 - x, x)
+    if normalize:
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device)[None, :, None, None]
+        std = torch.tensor(IMAGENET_STD, device=x.device)[None, :, None, None]
+        x = (x - mean) / std
+    return x

@@ -1,0 +1,175 @@
+"""PretrainLoader on real tar shards read back through the loader and through plain webdataset."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from personvit.config.data import PretrainDataConfig
+from personvit.data.pretrain_loader import CorruptDataError, PretrainLoader
+from personvit.data.shards import ShardError
+
+SHARD_SIZES = (37, 50, 13, 61, 39)  # uneven on purpose: 200 samples
+
+
+def _jpeg(rng: np.random.Generator) -> bytes:
+    h, w = int(rng.integers(90, 200)), int(rng.integers(40, 100))
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:] = rng.integers(0, 256, 3)
+    y, x = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
+    img[y : y + h // 3, x : x + w // 3] = rng.integers(0, 256, 3)
+    img += rng.integers(0, 30, img.shape, dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def write_shards(root: Path, sizes=SHARD_SIZES, corrupt: frozenset[str] = frozenset(), seed: int = 0) -> Path:
+    """Tar shards `train-NNNNNN.tar` (key.jpg + key.json) and a manifest in shard_tools' layout."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    entries, n = [], 0
+    for s, size in enumerate(sizes):
+        name = f"train-{s:06d}.tar"
+        with tarfile.open(root / name, "w", format=tarfile.GNU_FORMAT) as tar:
+            for _ in range(size):
+                key = f"img{n:05d}"
+                data = _jpeg(rng)
+                if key in corrupt:
+                    data = data[: len(data) // 3]  # truncated JPEG
+                meta = json.dumps({"pid": -1, "camid": -1, "dataset": "synthetic", "path": f"{key}.jpg"}).encode()
+                for ext, payload in (("jpg", data), ("json", meta)):
+                    ti = tarfile.TarInfo(f"{key}.{ext}")
+                    ti.size = len(payload)
+                    tar.addfile(ti, io.BytesIO(payload))
+                n += 1
+        entries.append({"name": name, "samples": size, "bytes": (root / name).stat().st_size, "sha256": ""})
+    manifest = {"format": "personvit-shards/1", "splits": {"train": {"samples": n, "shards": entries}}}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory) -> Path:
+    return write_shards(tmp_path_factory.mktemp("shards"))
+
+
+def tiny_cfg(shards: Path, **kw) -> PretrainDataConfig:
+    base = dict(
+        shards=str(shards), batch_size_per_rank=8, num_workers=0, global_size=(64, 32), local_size=(32, 16),
+        n_local=2, patch_size=8, shuffle_group_shards=2, max_corrupt=0,
+    )
+    base.update(kw)
+    return PretrainDataConfig(**base)
+
+
+def _assert_same(a, b) -> None:
+    assert a.keys == b.keys and a.index == b.index and a.epoch == b.epoch
+    for x, y in zip(a.global_crops + a.local_crops, b.global_crops + b.local_crops):
+        assert torch.equal(x, y)
+    assert torch.equal(a.masks, b.masks)
+    for name in ("flip", "jitter", "jitter_order", "grayscale", "blur_sigma", "solarize"):
+        assert torch.equal(getattr(a.photometric, name), getattr(b.photometric, name)), name
+
+
+def test_same_stream_for_0_and_2_workers(shard_dir):
+    serial = list(PretrainLoader(tiny_cfg(shard_dir), seed=3, rank=0, world_size=1).iter_epoch(1))
+    parallel = list(PretrainLoader(tiny_cfg(shard_dir, num_workers=2), seed=3, rank=0, world_size=1).iter_epoch(1))
+    assert len(serial) == len(parallel) == 200 // 8
+    for a, b in zip(serial, parallel):
+        _assert_same(a, b)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_mid_epoch_continues_at_the_exact_batch(shard_dir, workers):
+    full = list(PretrainLoader(tiny_cfg(shard_dir), seed=5, rank=1, world_size=2).iter_epoch(2))
+    resumed_loader = PretrainLoader(tiny_cfg(shard_dir, num_workers=workers), seed=5, rank=1, world_size=2)
+    resumed = list(resumed_loader.iter_epoch(2, start_batch=5))
+    assert [b.index for b in resumed] == list(range(5, resumed_loader.batches_per_epoch))
+    for a, b in zip(full[5:], resumed):
+        _assert_same(a, b)
+    assert list(resumed_loader.iter_epoch(2, start_batch=resumed_loader.batches_per_epoch)) == []
+
+
+def test_epoch_is_a_seeded_permutation_split_across_ranks(shard_dir):
+    world, bs = 3, 8
+    keys_per_rank = []
+    for rank in range(world):
+        loader = PretrainLoader(tiny_cfg(shard_dir, batch_size_per_rank=bs), seed=0, rank=rank, world_size=world)
+        assert loader.batches_per_epoch == 200 // (world * bs)
+        keys_per_rank.append([k for b in loader.iter_epoch(0) for k in b.keys])
+    flat = [k for keys in keys_per_rank for k in keys]
+    assert len(flat) == len(set(flat)) == world * (200 // (world * bs)) * bs  # no duplicates, equal shares
+    loader = PretrainLoader(tiny_cfg(shard_dir, batch_size_per_rank=bs), seed=0, rank=0, world_size=world)
+    again = [k for b in loader.iter_epoch(0) for k in b.keys]
+    next_epoch = [k for b in loader.iter_epoch(1) for k in b.keys]
+    other_seed = PretrainLoader(tiny_cfg(shard_dir, batch_size_per_rank=bs), seed=1, rank=0, world_size=world)
+    assert again == keys_per_rank[0]
+    assert next_epoch != again and [k for b in other_seed.iter_epoch(0) for k in b.keys] != again
+
+
+def test_views_are_normalised_float_views_in_student_order(shard_dir):
+    cfg = tiny_cfg(shard_dir)
+    batch = next(PretrainLoader(cfg, seed=0, rank=0, world_size=1).iter_epoch(0))
+    views = batch.views("cpu")
+    assert [tuple(v.shape) for v in views] == [(8, 3, 64, 32)] * 2 + [(8, 3, 32, 16)] * 2
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in views)
+    assert batch.masks.shape == (2, 8, (64 // 8) * (32 // 8)) and batch.masks.dtype == torch.bool
+    assert batch.masks.any() and not batch.masks.all()
+    unmasked = PretrainLoader(replace(cfg, pred_start_epoch=1), seed=0, rank=0, world_size=1)
+    assert not next(unmasked.iter_epoch(0)).masks.any()
+
+
+def test_reads_the_same_samples_as_plain_webdataset(shard_dir):
+    import webdataset as wds
+
+    shards = sorted(str(p) for p in shard_dir.glob("train-*.tar"))
+    reference = {s["__key__"]: s["jpg"] for s in wds.WebDataset(shards, shardshuffle=False, empty_check=False)}
+    from personvit.data.shards import EpochOrder, ShardReader, read_manifest
+
+    infos = read_manifest(shard_dir)
+    order = EpochOrder([s.num_samples for s in infos], seed=0, epoch=0, group_size=2)
+    reader = ShardReader(infos)
+    seen = {}
+    for p in range(order.total):
+        key, data = reader.read(*order.locate(p))
+        seen[key] = data
+    reader.close()
+    assert seen == reference
+
+
+def test_corrupt_samples_are_counted_and_bounded(tmp_path):
+    bad = frozenset({"img00003", "img00120"})
+    root = write_shards(tmp_path / "bad", corrupt=bad)
+    loader = PretrainLoader(tiny_cfg(root, max_corrupt=2, num_workers=2), seed=0, rank=0, world_size=1)
+    batches = list(loader.iter_epoch(0))
+    assert loader.corrupt_skipped == 2
+    reports = sorted(r.split(":")[0].split("/")[-1] for b in batches for r in b.corrupt)
+    assert reports == sorted(bad)
+    assert all(b.global_crops[0].shape[0] == 8 for b in batches)
+    strict = PretrainLoader(tiny_cfg(root, max_corrupt=1), seed=0, rank=0, world_size=1)
+    with pytest.raises(CorruptDataError, match=r"max_corrupt=1.*train-0000\d\d\.tar/img00(003|120)"):
+        list(strict.iter_epoch(0))
+
+
+def test_bad_shard_sets_give_one_line_errors(tmp_path):
+    with pytest.raises(ShardError, match="no manifest.json"):
+        PretrainLoader(tiny_cfg(tmp_path), seed=0, rank=0, world_size=1)
+    root = write_shards(tmp_path / "s", sizes=(5, 6))
+    with pytest.raises(ShardError, match="11 samples cannot fill one batch on each of 2 ranks"):
+        PretrainLoader(tiny_cfg(root), seed=0, rank=0, world_size=2)
+    with pytest.raises(ShardError, match="no split 'query'"):
+        PretrainLoader(tiny_cfg(root, split="query"), seed=0, rank=0, world_size=1)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["splits"]["train"]["shards"][1]["samples"] = 7
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ShardError, match="train-000001.tar: manifest lists 7 samples, the tar holds 6"):
+        list(PretrainLoader(tiny_cfg(root, batch_size_per_rank=12), seed=0, rank=0, world_size=1).iter_epoch(0))
