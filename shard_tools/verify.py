@@ -1,0 +1,91 @@
+"""`verify`: re-read every shard and check it against the manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import tarfile
+from pathlib import Path
+
+from PIL import Image
+
+from shard_tools.manifest import read_manifest
+
+JSON_KEYS = {"pid", "camid", "dataset", "path"}
+
+
+def verify_shard(path: Path, samples: int, nbytes: int, sha256: str, decode: bool = True) -> str | None:
+    """The first problem of one shard, or None when it matches its manifest entry.
+
+    Args:
+        path: the tar file.
+        samples, nbytes, sha256: what the manifest promises.
+        decode: fully decode every `jpg` (else only check the tar structure and the json).
+    """
+    name = path.name
+    if not path.is_file():
+        return f"{name}: missing"
+    size = path.stat().st_size
+    if size != nbytes:
+        return f"{name}: {size} bytes, manifest says {nbytes}"
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != sha256:
+        return f"{name}: sha256 mismatch (modified since packing)"
+    keys: dict[str, set[str]] = {}
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for m in tar:
+                if not m.isfile():
+                    return f"{name}: member {m.name} is not a regular file"
+                key, _, ext = m.name.partition(".")
+                if "/" in key or not ext:
+                    return f"{name}: member {m.name} is not `key.ext`"
+                keys.setdefault(key, set()).add(ext)
+                data = tar.extractfile(m).read()
+                if ext == "jpg" and decode:
+                    with Image.open(io.BytesIO(data)) as im:
+                        im.load()
+                elif ext == "json":
+                    meta = json.loads(data)
+                    if not JSON_KEYS <= meta.keys():
+                        return f"{name}: {m.name} lacks {sorted(JSON_KEYS - meta.keys())}"
+    except Exception as e:  # tar or image decode errors of any type mean a bad shard
+        return f"{name}: unreadable ({type(e).__name__}: {e})"
+    incomplete = [k for k, exts in keys.items() if exts != {"jpg", "json"}]
+    if incomplete:
+        return f"{name}: sample {incomplete[0]} has members {sorted(keys[incomplete[0]])}, expected jpg + json"
+    if len(keys) != samples:
+        return f"{name}: {len(keys)} samples, manifest says {samples}"
+    return None
+
+
+def _check(args: tuple) -> str | None:
+    return verify_shard(*args)
+
+
+def verify(out: str | Path, workers: int = 1, decode: bool = True) -> tuple[int, list[str]]:
+    """Check every shard of the set in `out`; returns (shards checked, problems).
+
+    Args:
+        out: the shard folder.
+        workers: processes checking shards in parallel.
+        decode: fully decode every image.
+    """
+    out = Path(out)
+    manifest = read_manifest(out)
+    jobs = [(out / s["name"], s["samples"], s["bytes"], s["sha256"], decode)
+            for split in manifest["splits"].values() for s in split["shards"]]
+    if workers > 1 and len(jobs) > 1:
+        with mp.get_context("fork").Pool(workers) as pool:
+            results = pool.map(_check, jobs, chunksize=1)
+    else:
+        results = [_check(j) for j in jobs]
+    problems = [r for r in results if r is not None]
+    listed = {j[0].name for j in jobs}
+    problems += [f"{p.name}: not listed in the manifest" for p in sorted(out.glob("*-*.tar")) if p.name not in listed]
+    return len(jobs), problems
