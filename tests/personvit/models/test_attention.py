@@ -10,7 +10,9 @@ from personvit.models import Attention, build_vit, xformers_available
 
 def tiny_vit(backend: str = "sdpa"):
     torch.manual_seed(0)
-    return build_vit("vit_tiny", img_size=(64, 32), patch_size=8, embed_dim=64, depth=2, num_heads=4, attn_backend=backend)
+    return build_vit(
+        "vit_tiny", img_size=(64, 32), patch_size=8, embed_dim=64, depth=2, num_heads=4, attn_backend=backend
+    )
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
@@ -68,7 +70,9 @@ def test_xformers_on_cpu_float32_is_a_clear_error():
         model(torch.randn(1, 3, 64, 32))
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available() and xformers_available()), reason="needs CUDA and xformers")
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and xformers_available()), reason="needs CUDA and xformers"
+)
 def test_xformers_matches_sdpa_on_cuda_bf16():
     model = tiny_vit("sdpa").cuda().eval()
     x = torch.randn(4, 3, 64, 32, device="cuda")

@@ -10,7 +10,11 @@ from timm.layers import resample_abs_pos_embed
 from personvit.models import VIT_ARCHS, build_vit, interpolate_pos_embed
 from personvit.rng import seed_step
 
-TIMM_NAMES = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224", "vit_base": "vit_base_patch16_224"}
+TIMM_NAMES = {
+    "vit_tiny": "vit_tiny_patch16_224",
+    "vit_small": "vit_small_patch16_224",
+    "vit_base": "vit_base_patch16_224",
+}
 
 
 def tiny(**kw):
@@ -76,7 +80,9 @@ def test_model_uses_interpolated_positions_for_other_grids():
     model = tiny().eval()
     x = torch.randn(1, 3, 48, 32)  # 6x4 grid vs the 8x4 training grid
     tokens = model.patch_embed(x)
-    expected = torch.cat([model.cls_token, tokens], 1) + interpolate_pos_embed(model.pos_embed, (8, 4), (6, 4))
+    expected = torch.cat([model.cls_token, tokens], 1) + interpolate_pos_embed(
+        model.pos_embed, (8, 4), (6, 4)
+    )
     torch.testing.assert_close(model.prepare_tokens(x), expected)
 
 
