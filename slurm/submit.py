@@ -1,0 +1,241 @@
+"""`personvit-submit`: send pretraining, fine-tuning, sweeps and shard packing to Slurm.
+
+    personvit-submit pretrain CONFIG --cluster PROFILE [--dry-run] [--wait] [key=value ...]
+    personvit-submit finetune CONFIG --cluster PROFILE [--dry-run] [--wait] [key=value ...]
+    personvit-submit sweep CONFIG --cluster PROFILE --checkpoints RUN|CKPT ... --datasets SHARDS ...
+    personvit-submit pack SOURCE SRC OUT --cluster PROFILE --array-count N [pack options]
+    personvit-submit status [RUN_DIR ...]
+    personvit-submit collect SWEEP_DIR
+
+`key=value` overrides go to the recipe; `cluster.key=value` to the cluster profile
+(e.g. `cluster.partition=gpu cluster.nodes=2`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from personvit.config.core import (
+    ConfigError,
+    config_to_dict,
+    deep_merge,
+    load_config,
+    parse_overrides,
+    read_yaml,
+)
+from slurm.jobs import ENTRY_POINTS, TrainJob
+from slurm.launch import (
+    Submission,
+    SubmissionError,
+    absolute_folder,
+    render_sbatch,
+    snapshot_code,
+    snapshot_setup,
+    submit,
+)
+from slurm.profiles import ClusterProfile, load_profile
+
+SCHEMAS = {
+    "pretrain": "personvit.config.pretrain:PretrainConfig",
+    "finetune": "personvit.config.finetune:FinetuneConfig",
+}
+
+
+def split_overrides(items: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(`cluster.` overrides without the prefix, recipe overrides)."""
+    cluster, recipe = [], []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"argument '{item}' is not of the form key=value")
+        (cluster if item.startswith("cluster.") else recipe).append(item.removeprefix("cluster."))
+    return cluster, recipe
+
+
+def resolve_recipe(kind: str, config: str, overrides: Sequence[str], validate: bool = True) -> dict[str, Any]:
+    """The recipe as the job will see it, validated against its schema before anything is queued.
+
+    A typo found here costs nothing; found by the job it costs the queue wait.
+    """
+    if not validate:
+        return deep_merge(read_yaml(config), parse_overrides(overrides))
+    module, _, name = SCHEMAS[kind].partition(":")
+    try:
+        schema = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"cannot validate a {kind} recipe: {SCHEMAS[kind]} unavailable ({e})") from None
+    return config_to_dict(load_config(schema, config, overrides))
+
+
+def run_folder(profile: ClusterProfile, kind: str, recipe: dict[str, Any]) -> Path:
+    """`run.dir` when the recipe sets it, else `<runs_root>/<kind>-%j` (the job id names the run)."""
+    run_dir = (recipe.get("run") or {}).get("dir")
+    return absolute_folder(run_dir or Path(profile.runs_root) / f"{kind}-%j")
+
+
+def submit_training(kind: str, config: str, overrides: Sequence[str], cluster: str, dry_run: bool = False,
+                    entry: str | None = None, out=sys.stdout) -> Submission | None:
+    """Validate, render and submit one pretrain / finetune job.
+
+    Args:
+        kind: `pretrain` or `finetune`.
+        config: the recipe YAML.
+        overrides: `key=value` (recipe) and `cluster.key=value` (profile) overrides.
+        cluster: profile name or YAML path.
+        dry_run: print the sbatch script and the resolved recipe; submit nothing.
+        entry: `module:function` run in the job instead of the engine (tests, custom trainers);
+            the recipe is then merged but not validated against the engine's schema.
+    Returns:
+        The submission, or None on a dry run.
+    """
+    cluster_over, recipe_over = split_overrides(overrides)
+    profile = load_profile(cluster, cluster_over)
+    profile.check_request()
+    config = str(Path(config).expanduser().absolute())
+    recipe = resolve_recipe(kind, config, recipe_over, validate=entry is None)
+    folder = run_folder(profile, kind, recipe)
+    job_name = f"personvit-{kind}"
+    setup: list[str] = []
+    if dry_run:
+        if profile.snapshot_code:
+            setup = snapshot_setup(absolute_folder(Path(profile.runs_root) / ".code" / "<stamp>"))
+        _print_dry_run(profile, folder, job_name, setup, recipe, out)
+        return None
+    if profile.snapshot_code:
+        setup = snapshot_setup(snapshot_code(absolute_folder(profile.runs_root)))
+    job = TrainJob(kind, config, recipe_over, run_dir=None if "%" in str(folder) else str(folder),
+                   entry=entry or ENTRY_POINTS[kind], max_requeues=profile.max_requeues)
+    meta = {"kind": kind, "config": config, "overrides": list(overrides), "cluster": cluster}
+    sub = submit(profile, folder, job_name, [job], setup, meta)
+    print(f"submitted {kind} job {sub.job_id}: run folder {sub.run_dirs()[0]}", file=out)
+    return sub
+
+
+def _print_dry_run(profile: ClusterProfile, folder: Path, job_name: str, setup: list[str],
+                   recipe: dict[str, Any], out, array_size: int | None = None) -> None:
+    if profile.executor == "local":
+        print(f"# executor: local (no sbatch; submitit runs the job as a child process)\n# run folder: {folder}",
+              file=out)
+    else:
+        print("# ---- sbatch script (dry run: nothing submitted) ----", file=out)
+        print(render_sbatch(profile, folder, job_name, setup, array_size), file=out)
+    print("# ---- resolved config ----", file=out)
+    print(yaml.safe_dump(recipe, sort_keys=False).rstrip(), file=out)
+
+
+def _wait(sub: Submission, out) -> int:
+    """Block until every job leaves the queue; 0 only when all completed."""
+    status = 0
+    for job in sub.jobs:
+        try:
+            job.result()
+            print(f"job {job.job_id}: completed", file=out)
+        except Exception as e:  # noqa: BLE001 - report every failure, not only the first
+            status = 1
+            first = str(e).strip().splitlines()
+            print(f"job {job.job_id}: {job.state} ({first[-1] if first else type(e).__name__})", file=out)
+    return status
+
+
+# --------------------------------------------------------------------------- command line
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="personvit-submit", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for kind in ("pretrain", "finetune"):
+        p = sub.add_parser(kind, help=f"submit one {kind} job")
+        p.add_argument("config", help="recipe YAML")
+        _common(p)
+    p = sub.add_parser("sweep", help="fine-tune checkpoints x datasets as one job array, then tabulate")
+    p.add_argument("config", help="fine-tuning recipe YAML")
+    p.add_argument("--checkpoints", nargs="+", required=True,
+                   help="checkpoint files, or pretraining run folders (their keep-forever checkpoints)")
+    p.add_argument("--every-epochs", type=int, default=0, help="with run folders: epochs that are multiples of N")
+    p.add_argument("--datasets", nargs="+", required=True, help="labeled shard sets (data.shards)")
+    p.add_argument("--out", help="sweep folder (default: <runs_root>/sweep-<stamp>)")
+    p.add_argument("--parallel", type=int, help="array tasks running at once (default: the profile's)")
+    _common(p)
+    p = sub.add_parser("pack", help="`shard-tools pack` as a job array, then merge the manifests")
+    p.add_argument("source")
+    p.add_argument("src")
+    p.add_argument("out")
+    p.add_argument("--array-count", type=int, required=True, help="array tasks")
+    p.add_argument("--parallel", type=int, help="array tasks running at once")
+    p.add_argument("--pack-args", default="", help="more `shard-tools pack` options, quoted")
+    _common(p)
+    p = sub.add_parser("status", help="job state, restarts, latest checkpoint and metrics of runs")
+    p.add_argument("run_dirs", nargs="*", help="run folders (default: every run under ./runs)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("collect", help="tabulate a sweep's results.json files (markdown + CSV)")
+    p.add_argument("sweep_dir")
+    return parser
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", required=True, help="profile in configs/cluster/ (a100_8x8, local, localhost_slurm)")
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch script and resolved config only")
+    p.add_argument("--wait", action="store_true", help="wait for the job(s) and report how they ended")
+    p.add_argument("--entry", help="module:function(argv) to run instead of the engine (custom trainers); "
+                                   "the recipe is then not validated against the engine's schema")
+    p.add_argument("overrides", nargs="*", help="key=value (recipe) and cluster.key=value (profile)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `personvit-submit` console script."""
+    parser = _parser()
+    # key=value overrides may come before or after the options: argparse leaves the later ones over.
+    args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    stray = [x for x in extra if x.startswith("-") or "=" not in x or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    out = sys.stdout
+    try:
+        if args.cmd in ("pretrain", "finetune"):
+            sub = submit_training(args.cmd, args.config, args.overrides, args.cluster, args.dry_run,
+                                  entry=args.entry, out=out)
+            return _wait(sub, out) if sub is not None and args.wait else 0
+        if args.cmd == "sweep":
+            from slurm.sweep import submit_sweep
+
+            sub = submit_sweep(args.config, args.checkpoints, args.datasets, args.overrides, args.cluster,
+                               out_dir=args.out, every_epochs=args.every_epochs, parallel=args.parallel,
+                               dry_run=args.dry_run, out=out)
+            if sub is not None and args.wait:
+                status = _wait(sub, out)
+                from slurm.sweep import collect
+
+                collect(sub.folder.parent, out=out)
+                return status
+            return 0
+        if args.cmd == "pack":
+            from slurm.pack import submit_pack
+
+            sub = submit_pack(args.source, args.src, args.out, args.array_count, args.pack_args, args.overrides,
+                              args.cluster, parallel=args.parallel, dry_run=args.dry_run, wait=args.wait, out=out)
+            return 0 if sub is None or not args.wait else sub
+        if args.cmd == "status":
+            from slurm.status import main as status_main
+
+            return status_main(args.run_dirs, as_json=args.json, out=out)
+        if args.cmd == "collect":
+            from slurm.sweep import collect
+
+            collect(Path(args.sweep_dir), out=out)
+            return 0
+    except (ConfigError, SubmissionError) as e:
+        print(f"personvit-submit {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
