@@ -1,0 +1,273 @@
+"""`personvit finetune CONFIG [key=value ...]`: BoT fine-tuning with exact resume (SPEC.md section 7).
+
+One process per GPU (or one CPU process), DDP when there are several. Every source of randomness is
+keyed: the PK batches by (seed, epoch), each sample's augmentation by (seed, epoch, position), drop
+path by (seed, step, rank), initialisation by the seed. The checkpoint holds the model, the SGD
+momenta, the grad scaler and the loader position (epoch, batch), so a run SIGKILLed anywhere and
+started again with the same command ends bitwise equal to one that was never interrupted.
+The learning rate is a pure function of the epoch and is set at each epoch start.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from personvit import preemption
+from personvit.checkpoint import CheckpointError, CheckpointManager
+from personvit.config.core import load_config
+from personvit.config.finetune import FinetuneConfig, FinetuneTrainConfig
+from personvit.data.reid import ReIDTrainDataset, read_reid_split, relabel
+from personvit.data.reid_transforms import TrainTransform
+from personvit.data.samplers import KeyBatchSampler, PKSampler
+from personvit.data.shards import ShardError
+from personvit.distributed import DistInfo, barrier, init_distributed
+from personvit.engine.evaluate import EvaluationError, evaluate_model, model_arch, parse_args
+from personvit.losses.triplet import batch_hard_triplet_loss
+from personvit.models.loading import load_backbone
+from personvit.models.reid import ReIDModel, build_reid_model
+from personvit.rng import Stream, derive_seed, seed_step
+from personvit.runlog import MetricsLogger, ProgressReporter, get_logger, resolve_run_dir, start_run
+
+log = get_logger(__name__)
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: saved and stopped on request; rerun the same command to resume
+
+
+def bot_lr(epoch: int, lr: float, epochs: int, warmup_epochs: int, warmup_factor: float, min_factor: float) -> float:
+    """Per-epoch learning rate of the authors' recipe (timm `CosineLRScheduler`, `t_in_epochs`).
+
+    Linear warmup from `warmup_factor * lr` over `warmup_epochs`, then cosine over the whole run
+    (the cosine clock starts at epoch 0, not after the warmup, as timm's default) to `min_factor * lr`.
+
+    Args:
+        epoch: 0-based epoch.
+        lr: peak learning rate.
+        epochs: run length.
+        warmup_epochs: warmup length.
+        warmup_factor: warmup start as a fraction of `lr`.
+        min_factor: cosine floor as a fraction of `lr`.
+    """
+    if epoch < warmup_epochs:
+        start = warmup_factor * lr
+        return start + epoch * (lr - start) / warmup_epochs
+    floor = min_factor * lr
+    return floor + 0.5 * (lr - floor) * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+def build_optimizer(model: ReIDModel, train: FinetuneTrainConfig, lr: float) -> torch.optim.SGD:
+    """SGD with momentum; biases get `bias_lr_factor` x lr and their own weight decay.
+
+    Group 0 holds weights, group 1 biases; each group's `lr_factor` scales the epoch's lr.
+    """
+    weights, biases = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (biases if name.endswith("bias") else weights).append(p)
+    groups = [
+        {"params": weights, "weight_decay": train.weight_decay, "lr_factor": 1.0},
+        {"params": biases, "weight_decay": train.weight_decay_bias, "lr_factor": train.bias_lr_factor},
+    ]
+    return torch.optim.SGD(groups, lr=lr, momentum=train.momentum)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_factor"]
+
+
+def amp_settings(device: torch.device, mode: str) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, use a grad scaler): bf16 where supported, fp16 + scaler otherwise; off on CPU."""
+    if device.type != "cuda" or mode == "off":
+        return None, False
+    if mode == "fp16" or (mode == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16, True
+    return torch.bfloat16, False
+
+
+class Finetuner:
+    """The fine-tuning state (model, optimiser, scaler, position) and its step / save / resume logic.
+
+    Args:
+        cfg: the resolved config.
+        dist_info: this process's place in the job.
+        run_dir: the run folder.
+    """
+
+    def __init__(self, cfg: FinetuneConfig, dist_info: DistInfo, run_dir: Path):
+        self.cfg, self.dist, self.run_dir = cfg, dist_info, run_dir
+        t, d = cfg.train, cfg.data
+        self.device = dist_info.device
+        train_split = read_reid_split(d.shards, d.train_split)
+        labels, self.pids = relabel(train_split.pids)
+        self.sampler = PKSampler(labels, t.num_ids, t.num_instances, cfg.run.seed, dist_info.rank,
+                                 dist_info.world_size, t.max_steps_per_epoch)
+        transform = TrainTransform(d.img_size, cfg.run.seed, d.flip_p, d.pad, d.erase_p, d.erase_area,
+                                   d.erase_aspect, d.mean, d.std)
+        self.dataset = ReIDTrainDataset(train_split, labels, transform)
+        log.info("train split: %d images, %d identities, %d batches/epoch of %d (%d per rank)", len(train_split),
+                 len(self.pids), self.sampler.epoch_batches(0).shape[0], self.sampler.batch_size,
+                 self.sampler.rank_batch_size)
+
+        torch.manual_seed(derive_seed(cfg.run.seed, Stream.INIT))  # same init on every rank and rerun
+        m = cfg.model
+        self.model = build_reid_model(m.arch, tuple(d.img_size), len(self.pids), m.drop_path_rate, m.attn_backend,
+                                      m.classifier_std, m.overrides()).to(self.device)
+        if m.init:
+            load_backbone(self.model.backbone, m.init, which="teacher", strict=m.init_strict)
+        self.lr = t.base_lr * self.sampler.batch_size / t.lr_ref_batch
+        self.optimizer = build_optimizer(self.model, t, self.lr)
+        self.amp_dtype, use_scaler = amp_settings(self.device, t.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.ddp = None
+        if dist_info.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+        self.ckpt = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last,
+                                      cfg.checkpoint.keep_every_epochs, is_main=dist_info.is_main)
+        self.step, self.epoch, self.batch = 0, 0, 0
+
+    # ------------------------------------------------------------------ checkpoint
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "next_epoch": self.epoch,
+            "next_batch": self.batch,
+            "num_classes": len(self.pids),
+            "pids": [int(p) for p in self.pids],
+            "world_size": self.dist.world_size,
+            "model_arch": model_arch(self.cfg.model, self.cfg.data.img_size),
+        }
+
+    def save(self, end_of_epoch: bool = False) -> None:
+        # self.epoch is the epoch in progress mid-epoch, the number of completed epochs at an end.
+        self.ckpt.save(self.state(), self.step, self.epoch, end_of_epoch=end_of_epoch)
+        barrier()  # nobody runs ahead (or exits) before the checkpoint is complete
+
+    def resume(self) -> bool:
+        """Load the run folder's latest checkpoint, if any; True when resumed."""
+        state = self.ckpt.load_latest() if self.cfg.checkpoint.resume else None
+        if state is None:
+            return False
+        where = state["_path"]
+        if state.get("world_size") != self.dist.world_size:
+            raise CheckpointError(f"{where}: saved with world size {state.get('world_size')}, this job has "
+                                  f"{self.dist.world_size}; the PK batches are split per rank, so resume needs the same")
+        if state.get("num_classes") != len(self.pids):
+            raise CheckpointError(f"{where}: {state.get('num_classes')} identities, the train split has {len(self.pids)}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch = int(state["step"]), int(state["next_epoch"]), int(state["next_batch"])
+        log.info("resumed from %s: step %d, epoch %d, batch %d", where, self.step, self.epoch, self.batch)
+        return True
+
+    # ------------------------------------------------------------------ training
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        t = self.cfg.train
+        net = self.ddp or self.model
+        seed_step(self.cfg.run.seed, self.step, self.dist.rank)  # drop path draws
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            feat, logits = net(images)
+        id_loss = F.cross_entropy(logits.float(), labels, label_smoothing=t.label_smoothing)
+        tri_loss = batch_hard_triplet_loss(feat, labels)
+        loss = t.id_loss_weight * id_loss + t.triplet_loss_weight * tri_loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {self.step} (id {id_loss.item()}, triplet {tri_loss.item()})")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        acc = (logits.argmax(1) == labels).float().mean()
+        return {"loss": loss.item(), "id_loss": id_loss.item(), "triplet_loss": tri_loss.item(), "acc": acc.item()}
+
+    def loader(self, epoch: int, start_batch: int) -> torch.utils.data.DataLoader:
+        workers = min(self.cfg.data.num_workers, os.cpu_count() or 1)
+        return torch.utils.data.DataLoader(self.dataset, batch_sampler=KeyBatchSampler(self.sampler, epoch, start_batch),
+                                           num_workers=workers, pin_memory=self.device.type == "cuda",
+                                           worker_init_fn=_one_thread, persistent_workers=False)
+
+    def fit(self) -> None:
+        """Train until `train.epochs`, checkpointing periodically, at epoch ends and on preemption."""
+        cfg, t = self.cfg, self.cfg.train
+        metrics = MetricsLogger(self.run_dir / "metrics.jsonl", enabled=self.dist.is_main,
+                                tensorboard_dir=self.run_dir / "tb" if cfg.run.tensorboard else None)
+        metrics.truncate_after(self.step)
+        per_epoch = [self.sampler.epoch_batches(e).shape[0] for e in range(t.epochs)]
+        every = cfg.checkpoint.every_steps
+        self.model.train()
+        with ProgressReporter(sum(per_epoch), "finetune", enabled=self.dist.is_main, every_s=cfg.run.progress_every_s,
+                              initial=sum(per_epoch[:self.epoch]) + self.batch) as bar:
+            while self.epoch < t.epochs:
+                lr = bot_lr(self.epoch, self.lr, t.epochs, t.warmup_epochs, t.warmup_factor, t.min_lr_factor)
+                set_lr(self.optimizer, lr)
+                for images, labels, _ in self.loader(self.epoch, self.batch):
+                    out = self.train_step(images, labels)
+                    self.step += 1
+                    self.batch += 1
+                    if self.step % cfg.run.log_every_steps == 0:
+                        metrics.log(self.step, epoch=self.epoch, lr=lr, **out)
+                    bar.advance(1, epoch=self.epoch, loss=out["loss"], acc=out["acc"])
+                    last = self.batch == per_epoch[self.epoch]
+                    if every and self.step % every == 0 and not last:
+                        self.save()
+                    if preemption.stop_requested():
+                        if last:
+                            self.epoch, self.batch = self.epoch + 1, 0
+                        self.save(end_of_epoch=last)
+                        raise preemption.Preempted(self.step, preemption.stop_reason())
+                self.epoch, self.batch = self.epoch + 1, 0
+                self.save(end_of_epoch=True)
+        metrics.close()
+
+
+def _one_thread(_: int) -> None:
+    # Loader workers decode and augment; letting each spawn a full OpenMP pool oversubscribes the CPU.
+    torch.set_num_threads(1)
+
+
+def run(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Fine-tune (resuming when the run folder has a checkpoint), then evaluate on rank 0.
+
+    Returns:
+        The `results.json` content on rank 0, an empty dict on other ranks.
+    Raises:
+        Preempted: after saving, when a stop was requested (Slurm's warning signal).
+    """
+    dist_info = init_distributed(cfg.dist.backend, cfg.dist.timeout_s)
+    preemption.install_handlers()
+    run_dir = start_run(cfg, resolve_run_dir(cfg.run.dir, "finetune"), "finetune", is_main=dist_info.is_main)
+    tuner = Finetuner(cfg, dist_info, run_dir)
+    tuner.resume()
+    tuner.fit()
+    results: dict[str, Any] = {}
+    if dist_info.is_main:
+        results = evaluate_model(tuner.model, cfg.data, cfg.eval, run_dir, tuner.device, tuner.amp_dtype,
+                                 extra={"weights": str(tuner.ckpt.latest()), "step": tuner.step})
+    barrier()
+    return results
+
+
+def main(argv: Sequence[str]) -> int:
+    """Entry of `personvit finetune`; exits 75 after a preemption save (rerun to resume)."""
+    args = parse_args(argv, "personvit finetune", "BoT fine-tuning of a ViT on a labeled ReID shard set")
+    cfg = load_config(FinetuneConfig, args.config, args.overrides)
+    try:
+        run(cfg)
+    except preemption.Preempted as e:
+        log.warning("%s; the checkpoint is saved, rerun the same command to resume", e)
+        return EXIT_PREEMPTED
+    except (ShardError, EvaluationError) as e:
+        raise SystemExit(f"personvit finetune: error: {e}") from None
+    return 0
