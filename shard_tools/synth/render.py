@@ -24,12 +24,13 @@ def _muted(rng: np.random.Generator) -> RGB:
     return tuple(round((1 - t) * v + t * 128) for v in color(rng, 0.4))  # type: ignore[return-value]
 
 
-def _background(d: ImageDraw.ImageDraw, cam: Camera, rng: np.random.Generator) -> None:
+def _background(cam: Camera, rng: np.random.Generator) -> tuple[Image.Image, ImageDraw.ImageDraw]:
     """A per-image scene: sky/wall gradient, a few blocks (buildings, windows, poles), ground."""
-    top, bottom = _muted(rng), _muted(rng)
-    for y in range(H):
-        t = y / (H - 1)
-        d.line([(0, y), (W, y)], fill=tuple(round(a * (1 - t) + b * t) for a, b in zip(top, bottom)))
+    top, bottom = np.array(_muted(rng), np.float32), np.array(_muted(rng), np.float32)
+    t = np.linspace(0.0, 1.0, H, dtype=np.float32)[:, None, None]
+    grad = np.broadcast_to(top * (1 - t) + bottom * t, (H, W, 3))
+    img = Image.fromarray(np.ascontiguousarray(grad + 0.5).astype(np.uint8))
+    d = ImageDraw.Draw(img)
     for _ in range(int(rng.integers(1, 5))):
         x0, y0 = int(rng.integers(-10, W)), int(rng.integers(-10, H // 2))
         d.rectangle([x0, y0, x0 + int(rng.integers(6, 40)), y0 + int(rng.integers(10, 80))], fill=_muted(rng))
@@ -37,6 +38,7 @@ def _background(d: ImageDraw.ImageDraw, cam: Camera, rng: np.random.Generator) -
     ground = tuple(round(mix * g + (1 - mix) * r) for g, r in zip(cam.ground, _muted(rng)))
     horizon = int(rng.integers(int(H * 0.6), int(H * 0.8)))
     d.rectangle([0, horizon, W, H], fill=ground)
+    return img, d
 
 
 def _person(d: ImageDraw.ImageDraw, ident: Identity, scale: float, rng: np.random.Generator) -> None:
@@ -151,9 +153,7 @@ def render(ident: Identity, cam: Camera, rng: np.random.Generator) -> Image.Imag
         cam: the camera's nuisance settings.
         rng: this image's generator.
     """
-    img = Image.new("RGB", (W, H))
-    d = ImageDraw.Draw(img)
-    _background(d, cam, rng)
+    img, d = _background(cam, rng)
     _person(d, ident, float(np.clip(cam.scale + rng.normal(0, 0.03), 0.65, 0.98)), rng)
     if rng.random() < cam.occlusion_p:
         _occluder(d, rng)
