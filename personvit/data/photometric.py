@@ -5,7 +5,8 @@ depend on worker count); `apply_photometric` then runs on the batch, on the GPU 
 
 - colour jitter (brightness, contrast, saturation, hue in a random order per sample) and grayscale
   are all affine in RGB, so they compose into one 3x4 colour matrix per sample, hue being a
-  rotation in the YIQ chroma plane (instead of an HSV round trip). Contrast blends towards the
+  rotation in the YIQ chroma plane (instead of an HSV round trip; it moves HSV hue the same way by
+  0.7x-1.5x torchvision's shift depending on the colour, and keeps luma where HSV keeps value). Contrast blends towards the
   image's mean gray, which is itself affine in the image's mean RGB, so the composition is exact
   except that torchvision clamps to [0, 1] after every op and we clamp once at the end;
 - Gaussian blur is a separable grouped convolution with a per-sample kernel (sigma 0 = identity);
@@ -90,7 +91,7 @@ def draw_photometric(rng: np.random.Generator, cfg: PretrainDataConfig) -> dict[
 def _hue_matrices(hue: torch.Tensor) -> torch.Tensor:
     """[N, 3, 3] RGB matrices rotating chroma by hue * 2pi in YIQ space."""
     t = _RGB_TO_YIQ.to(hue.device, torch.float32)
-    theta = hue * (2 * math.pi)
+    theta = -hue * (2 * math.pi)  # sign chosen so the rotation follows HSV hue (R -> G -> B)
     cos, sin = torch.cos(theta), torch.sin(theta)
     rot = torch.zeros(hue.shape[0], 3, 3, device=hue.device)
     rot[:, 0, 0] = 1
@@ -117,7 +118,9 @@ def color_matrices(jitter: torch.Tensor, order: torch.Tensor, grayscale: torch.T
     lin = eye.clone()  # running linear part [N, 3, 3] and offset [N, 3]
     off = torch.zeros(n, 3, device=dev)
     sat = s[:, None, None] * eye + (1 - s)[:, None, None] * to_gray
-    hue = _hue_matrices(h)
+    # Hue 0 (jitter off) must stay an exact identity: the YIQ round trip is only identity to ~1e-7,
+    # enough to flip pixels sitting exactly on the solarize threshold.
+    hue = torch.where((h != 0)[:, None, None], _hue_matrices(h), eye)
     for slot in range(4):
         op = order[:, slot]
         cur_mean = torch.einsum("nij,nj->ni", lin, mean_rgb) + off

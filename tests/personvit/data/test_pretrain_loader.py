@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import socket
+import subprocess
+import sys
 import tarfile
+import textwrap
 from dataclasses import replace
 from pathlib import Path
 
@@ -173,3 +178,53 @@ def test_bad_shard_sets_give_one_line_errors(tmp_path):
     (root / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ShardError, match="train-000001.tar: manifest lists 7 samples, the tar holds 6"):
         list(PretrainLoader(tiny_cfg(root, batch_size_per_rank=12), seed=0, rank=0, world_size=1).iter_epoch(0))
+
+
+_DDP_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, torch
+    torch.set_num_threads(1)
+    from personvit.config.data import PretrainDataConfig
+    from personvit.data.pretrain_loader import PretrainLoader
+    from personvit.distributed import all_reduce_sum_, init_distributed, shutdown
+    info = init_distributed(backend="gloo", timeout_s=60)
+    cfg = PretrainDataConfig(shards=sys.argv[1], batch_size_per_rank=8, num_workers=2 * info.rank,
+                             global_size=(32, 16), local_size=(16, 16), n_local=1, patch_size=8)
+    loader = PretrainLoader(cfg, seed=11, rank=info.rank, world_size=info.world_size)
+    out = {"rank": info.rank, "batches_per_epoch": loader.batches_per_epoch, "steps": [], "keys": []}
+    for epoch in range(2):
+        steps = 0
+        for batch in loader.iter_epoch(epoch):
+            # Every batch is a collective, as a DDP step is: a rank with one batch more would block here.
+            t = torch.tensor([float(batch.global_crops[0].float().mean()), 1.0])
+            all_reduce_sum_(t)
+            steps += 1
+            out["keys"] += [f"{epoch}:{k}" for k in batch.keys]
+        out["steps"].append(steps)
+    print(json.dumps(out), flush=True)
+    shutdown()
+    """
+)
+
+
+def test_equal_batch_counts_per_rank_with_uneven_shards_under_gloo(tmp_path):
+    """Two real gloo ranks (0 and 2 workers) over very uneven shards: same step count, disjoint samples."""
+    root = write_shards(tmp_path / "uneven", sizes=(3, 41, 17, 60, 9, 22))  # 152 samples: 9 batches x 2 ranks + 8
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+        env.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, "-c", _DDP_SCRIPT, str(root)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+    results = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
+    assert [r["batches_per_epoch"] for r in results] == [152 // 16] * 2
+    assert [r["steps"] for r in results] == [[9, 9], [9, 9]]
+    keys0, keys1 = set(results[0]["keys"]), set(results[1]["keys"])
+    assert len(keys0) == len(keys1) == 2 * 9 * 8 and not keys0 & keys1
