@@ -47,15 +47,18 @@ def verify_shard(path: Path, samples: int, nbytes: int, sha256: str, decode: boo
                     return f"{name}: member {m.name} is not `key.ext`"
                 keys.setdefault(key, set()).add(ext)
                 data = tar.extractfile(m).read()
-                if ext == "jpg" and decode:
-                    with Image.open(io.BytesIO(data)) as im:
-                        im.load()
-                elif ext == "json":
-                    meta = json.loads(data)
-                    if not JSON_KEYS <= meta.keys():
-                        return f"{name}: {m.name} lacks {sorted(JSON_KEYS - meta.keys())}"
-    except Exception as e:  # tar or image decode errors of any type mean a bad shard
-        return f"{name}: unreadable ({type(e).__name__}: {e})"
+                try:
+                    if ext == "jpg" and decode:
+                        with Image.open(io.BytesIO(data), formats=["JPEG"]) as im:
+                            im.load()
+                    elif ext == "json":
+                        meta = json.loads(data)
+                        if not JSON_KEYS <= meta.keys():
+                            return f"{name}: {m.name} lacks {sorted(JSON_KEYS - meta.keys())}"
+                except Exception as e:  # any decode error type means a bad member
+                    return f"{name}: {m.name} does not decode ({type(e).__name__}: {e})"
+    except (tarfile.TarError, OSError) as e:
+        return f"{name}: unreadable tar ({type(e).__name__}: {e})"
     incomplete = [k for k, exts in keys.items() if exts != {"jpg", "json"}]
     if incomplete:
         return f"{name}: sample {incomplete[0]} has members {sorted(keys[incomplete[0]])}, expected jpg + json"

@@ -17,15 +17,42 @@ from pathlib import Path
 MTIME = 0  # fixed so that output bytes do not depend on when or where a shard was packed
 MODE = 0o644
 BLOCK = 512
+_ZEROS = bytes(BLOCK)
+
+
+def _ustar_template() -> tuple[bytes, int]:
+    """The fixed part of every short-name header, and the checksum of its bytes outside name/size."""
+    ti = tarfile.TarInfo("")
+    ti.size, ti.mtime, ti.mode = 0, MTIME, MODE
+    ti.uid = ti.gid = 0
+    ti.uname = ti.gname = ""
+    hdr = bytearray(ti.tobuf(format=tarfile.GNU_FORMAT))
+    hdr[124:136] = b"\0" * 12  # size field, filled per member
+    hdr[148:156] = b" " * 8  # checksum field counts as spaces
+    return bytes(hdr), sum(hdr)
+
+
+_TEMPLATE, _TEMPLATE_SUM = _ustar_template()
 
 
 def member_header(name: str, size: int) -> bytes:
-    """The tar header block(s) of a regular-file member `name` of `size` bytes."""
-    ti = tarfile.TarInfo(name)
-    ti.size, ti.mtime, ti.mode = size, MTIME, MODE
-    ti.uid = ti.gid = 0
-    ti.uname = ti.gname = ""
-    return ti.tobuf(format=tarfile.GNU_FORMAT, encoding="utf-8", errors="strict")
+    """The tar header block(s) of a regular-file member `name` of `size` bytes.
+
+    Short names (<= 100 bytes, every key from our sources) patch a prebuilt GNU-format header:
+    tarfile's generic path costs ~50 us per member, a fifth of the whole per-image budget.
+    Longer names take tarfile's GNU long-name path (still no PAX).
+    """
+    raw = name.encode("utf-8")
+    if len(raw) > 100 or size >= 8**11:
+        ti = tarfile.TarInfo(name)
+        ti.size, ti.mtime, ti.mode = size, MTIME, MODE
+        ti.uid = ti.gid = 0
+        ti.uname = ti.gname = ""
+        return ti.tobuf(format=tarfile.GNU_FORMAT, encoding="utf-8", errors="strict")
+    size_field = b"%011o\0" % size
+    chksum = _TEMPLATE_SUM + sum(raw) + sum(size_field)  # both fields are zero in the template
+    return b"".join((raw, _TEMPLATE[len(raw):124], size_field, _TEMPLATE[136:148], b"%06o\0 " % chksum,
+                     _TEMPLATE[156:]))
 
 
 def temp_path(final: Path) -> Path:
@@ -68,12 +95,10 @@ class ShardWriter:
         """Append one sample: members `key.ext` in the given order (callers fix the order)."""
         if "." in key or "/" in key or not key:
             raise ValueError(f"sample key {key!r} must be non-empty and free of dots and slashes")
+        parts = []
         for ext, data in members.items():
-            self._write(member_header(f"{key}.{ext}", len(data)))
-            self._write(data)
-            pad = -len(data) % BLOCK
-            if pad:
-                self._write(b"\0" * pad)
+            parts += (member_header(f"{key}.{ext}", len(data)), data, _ZEROS[: -len(data) % BLOCK])
+        self._write(b"".join(parts))  # one write and one hash update per sample
         self.samples += 1
 
     def commit(self) -> tuple[int, str]:

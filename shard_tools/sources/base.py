@@ -77,27 +77,30 @@ class FolderReader:
     root: Path
 
     def read(self, path: str) -> bytes:
-        with open(self.root / path, "rb") as f:
+        with open(os.path.join(self.root, path), "rb") as f:  # not pathlib: ~10 us per call adds up
             return f.read()
 
 
 def walk_files(folder: Path) -> Iterator[str]:
     """Regular files under `folder` (recursively, symlinks included), as sorted relative POSIX paths.
 
-    Sorting makes the listing, hence the shards, independent of the file system's order.
+    Sorting makes the listing, hence the shards, independent of the file system's order. String
+    paths, not pathlib: this runs once per image of a 4M-image tree.
     """
     out: list[str] = []
-    stack = [folder]
+    stack = [""]
+    base = os.fspath(folder)
     while stack:
-        d = stack.pop()
-        with os.scandir(d) as it:
+        rel = stack.pop()
+        with os.scandir(os.path.join(base, rel) if rel else base) as it:
             for e in it:
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(Path(e.path))
-                elif e.name.startswith("."):
+                if e.name.startswith("."):
                     continue  # editor/OS metadata (.DS_Store, ._x.jpg), never images of the set
+                name = f"{rel}/{e.name}" if rel else e.name
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(name)
                 else:
-                    out.append(Path(e.path).relative_to(folder).as_posix())
+                    out.append(name)
     return iter(sorted(out))
 
 
