@@ -117,7 +117,7 @@ class TrainTransform:
         return self.erase(x, epoch, position)
 
 
-class TestTransform:
+class EvalTransform:
     """Resize (bicubic) and normalise.
 
     Args:

@@ -24,7 +24,7 @@ from personvit.checkpoint import CheckpointError, load_checkpoint, resolve_check
 from personvit.config.core import load_config
 from personvit.config.finetune import EvalOptions, EvaluateConfig, ReIDDataConfig, ReIDModelConfig
 from personvit.data.reid import ReIDSplit, ReIDTestDataset, read_reid_split
-from personvit.data.reid_transforms import TestTransform
+from personvit.data.reid_transforms import EvalTransform
 from personvit.data.shards import ShardError
 from personvit.evaluation import evaluate_rank, pairwise_distance, rerank, write_per_query_csv
 from personvit.models.loading import load_backbone
@@ -62,7 +62,7 @@ def extract_features(model: ReIDModel, split: ReIDSplit, data: ReIDDataConfig, b
         [N, D] float32 CPU tensor.
     """
     model.eval()
-    dataset = ReIDTestDataset(split, TestTransform(data.img_size, data.mean, data.std))
+    dataset = ReIDTestDataset(split, EvalTransform(data.img_size, data.mean, data.std))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          num_workers=min(data.num_workers, os.cpu_count() or 1),
                                          pin_memory=device.type == "cuda")

@@ -26,7 +26,7 @@ from torch import nn
 from personvit.config.core import load_config
 from personvit.config.finetune import EvaluateConfig
 from personvit.data.reid import ReIDSplit, ReIDTestDataset, read_reid_split
-from personvit.data.reid_transforms import TestTransform
+from personvit.data.reid_transforms import EvalTransform
 from personvit.data.shards import ShardError
 from personvit.engine.evaluate import build_eval_model, extract_features
 from personvit.models.reid import ReIDModel
@@ -139,7 +139,7 @@ def run(cfg: EvaluateConfig, out: Path, splits: Sequence[str], fmt: Literal["npz
             log.warning(msg)
             summary["onnx"] = {"skipped": msg}
         else:
-            dataset = ReIDTestDataset(first, TestTransform(cfg.data.img_size, cfg.data.mean, cfg.data.std))
+            dataset = ReIDTestDataset(first, EvalTransform(cfg.data.img_size, cfg.data.mean, cfg.data.std))
             images = torch.stack([dataset[i][0] for i in range(min(8, len(dataset)))])
             report = export_onnx(model.cpu(), images, out / ONNX_NAME)
             summary["onnx"] = report
