@@ -108,17 +108,19 @@ def dino_mim_loss(
             f"[{teacher_cls.shape[-1]}] / [{teacher_patch.shape[-1]}]"
         )
 
-    t_cls = F.softmax((teacher_cls.detach().float() - center.float()) / teacher_temp, dim=-1)
-    t_patch = F.softmax((teacher_patch.detach().float() - center2.float()) / teacher_patch_temp, dim=-1)
-    dino = _cls_term(student_cls, t_cls, student_temp)
-    if lambda2 == 0:
-        # "w/o MIM": report the term, but build no graph through the patch logits.
-        with torch.no_grad():
+    # Autocast would run the einsum in bf16 again; the loss stays in float32 by construction.
+    with torch.autocast(student_cls.device.type, enabled=False):
+        t_cls = F.softmax((teacher_cls.detach().float() - center.float()) / teacher_temp, dim=-1)
+        t_patch = F.softmax((teacher_patch.detach().float() - center2.float()) / teacher_patch_temp, dim=-1)
+        dino = _cls_term(student_cls, t_cls, student_temp)
+        if lambda2 == 0:
+            # "w/o MIM": report the term, but build no graph through the patch logits.
+            with torch.no_grad():
+                mim = _patch_term(student_patch, t_patch, masks, student_temp)
+            total = lambda1 * dino
+        else:
             mim = _patch_term(student_patch, t_patch, masks, student_temp)
-        total = lambda1 * dino
-    else:
-        mim = _patch_term(student_patch, t_patch, masks, student_temp)
-        total = lambda1 * dino + lambda2 * mim
+            total = lambda1 * dino + lambda2 * mim
     return LossOutput(total=total, dino=dino, mim=mim)
 
 

@@ -73,6 +73,37 @@ def test_matches_the_loop_reference(vs):
         assert got.item() == pytest.approx(want, rel=1e-5)
 
 
+def test_hand_computed_two_prototype_case():
+    # K = Kp = 2, B = 1, two global views only, all temperatures 1.
+    ln3 = math.log(3)
+    t = lambda *rows: torch.tensor(rows, dtype=torch.float64)  # noqa: E731
+    x = {
+        "student_cls": t([[0.0, 0.0]], [[ln3, 0.0]]),  # softmax: [.5, .5], [.75, .25]
+        "teacher_cls": t([[0.0, 0.0]], [[ln3, 0.0]]),
+        "student_patch": t([[[0.0, 0.0], [5.0, 1.0]]], [[[ln3, 0.0], [0.0, 0.0]]]),
+        "teacher_patch": torch.zeros(2, 1, 2, 2, dtype=torch.float64),  # uniform targets
+        "masks": torch.tensor([[[True, False]], [[True, True]]]),
+        "center": torch.zeros(2, dtype=torch.float64),
+        "center2": torch.zeros(2, dtype=torch.float64),
+    }
+    total, dino, mim = dino_mim_loss(**x, student_temp=1.0, teacher_temp=1.0, teacher_patch_temp=1.0)
+    # Pairs (teacher 0 -> student 1) and (teacher 1 -> student 0).
+    h01 = -(0.5 * math.log(0.75) + 0.5 * math.log(0.25))
+    h10 = -(0.75 * math.log(0.5) + 0.25 * math.log(0.5))
+    assert dino.item() == pytest.approx((h01 + h10) / 2, rel=1e-6)
+    # View 0: only patch 0 (uniform student) counts -> ln 2; view 1: mean of h01 and ln 2.
+    assert mim.item() == pytest.approx((math.log(2) + (h01 + math.log(2)) / 2) / 2, rel=1e-6)
+    assert total.item() == pytest.approx(dino.item() + mim.item(), rel=1e-6)
+
+
+def test_stays_float32_under_autocast():
+    x = inputs(dtype=torch.float32)
+    ref = dino_mim_loss(**x, **TEMPS)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = dino_mim_loss(**x, **TEMPS)
+    assert torch.equal(out.total, ref.total)
+
+
 def test_uniform_teacher_and_student_give_log_k():
     x = inputs(k=11, kp=9)
     x["teacher_cls"] = x["center"].expand(2, 3, 11).clone()  # centred -> all zeros -> uniform
