@@ -170,10 +170,12 @@ class VisionTransformer(nn.Module):
                     f"mask of shape {tuple(mask.shape)} does not match {b} images of {grid[0]}x{grid[1]} patches"
                 )
             mask = mask.reshape(b, n, 1).to(device=tokens.device, dtype=torch.bool)
-            tokens = torch.where(mask, self.masked_embed.to(tokens.dtype), tokens)
-        cls = self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype)
+            tokens = torch.where(mask, self.masked_embed, tokens)
+        # No casts: under autocast the bf16 patch embeddings are promoted by the float32 CLS and
+        # positions, so the residual stream stays float32 as in timm's ViT.
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
         pos = interpolate_pos_embed(self.pos_embed, self.pos_grid, grid)
-        return torch.cat([cls, tokens], dim=1) + pos.to(tokens.dtype)
+        return torch.cat([cls, tokens], dim=1) + pos
 
     def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Normed tokens [B, 1 + N, D], CLS first. See `prepare_tokens` for the arguments."""

@@ -58,6 +58,12 @@ def test_same_outputs_as_timm_with_the_same_weights():
         for backend in ("sdpa", "math", "auto"):
             ours.set_attn_backend(backend)
             torch.testing.assert_close(ours.forward_features(x), expected, atol=1e-5, rtol=0)
+        # Under bf16 autocast both keep a float32 residual stream and agree exactly.
+        ours.set_attn_backend("auto")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = ours.forward_features(x)
+            assert mixed.dtype == torch.float32
+            assert torch.equal(mixed, ref.forward_features(x))
 
 
 def test_position_grid_interpolation_is_bicubic_non_square_and_keeps_cls():
