@@ -21,13 +21,13 @@ class SampleViews:
 
     Attributes:
         key: sample key in its shard.
-        crops: 2 + n_local uint8 [H, W, 3] arrays, globals first.
+        crops: 2 + n_local uint8 [3, H, W] tensors, globals first.
         photometric: `draw_photometric` output (leading dim V).
         masks: bool [2, N] student masks of the two global views.
     """
 
     key: str
-    crops: list[np.ndarray]
+    crops: list[torch.Tensor]
     photometric: dict[str, np.ndarray]
     masks: np.ndarray
 
@@ -106,10 +106,7 @@ def collate(samples: list[SampleViews], n_global: int, epoch: int, index: int, m
         corrupt: corrupt-sample reports of this batch.
     """
     n_views = len(samples[0].crops)
-    crops = []
-    for v in range(n_views):
-        hwc = np.stack([s.crops[v] for s in samples])  # [B, H, W, 3]
-        crops.append(torch.from_numpy(hwc).permute(0, 3, 1, 2).contiguous())
+    crops = [torch.stack([s.crops[v] for s in samples]) for v in range(n_views)]
     photometric = PhotometricParams(
         **{
             k: torch.from_numpy(np.stack([s.photometric[k] for s in samples], axis=1))  # [V, B, ...]

@@ -161,8 +161,17 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: float) -> tor
     return y.reshape(n, c, hgt, wid)
 
 
+def _subset(mask: torch.Tensor) -> torch.Tensor | None:
+    """Indices where `mask` holds, or None when it holds nowhere (skips the op)."""
+    idx = mask.nonzero().flatten()
+    return idx if idx.numel() else None
+
+
 def apply_photometric(x: torch.Tensor, p: PhotometricParams, max_sigma: float, normalize: bool = True) -> torch.Tensor:
     """Flip, colour matrix, grayscale, clamp, blur, solarize, normalise: uint8 [N, 3, H, W] -> float32.
+
+    Flip, blur and solarize run on the images that draw them only (blur is the costly op on a CPU,
+    and only global 1 always gets it).
 
     Args:
         x: uint8 images (on the device the work should run on).
@@ -170,16 +179,19 @@ def apply_photometric(x: torch.Tensor, p: PhotometricParams, max_sigma: float, n
         max_sigma: the config's largest blur sigma (kernel size).
         normalize: apply ImageNet mean/std (off for visual checks).
     """
+    n, c, h, w = x.shape
     x = x.float().div_(255)
-    x = torch.where(p.flip[:, None, None, None], x.flip(-1), x)
+    if (idx := _subset(p.flip)) is not None:
+        x[idx] = x[idx].flip(-1)
     mats = color_matrices(p.jitter, p.jitter_order, p.grayscale, x.mean((2, 3)))
-    x = torch.einsum("nij,njhw->nihw", mats[:, :, :3], x) + mats[:, :, 3, None, None]
-    x = x.clamp_(0, 1)
-    if bool((p.blur_sigma > 0).any()):
-        x = gaussian_blur(x, p.blur_sigma, max_sigma)
-    x = torch.where(p.solarize[:, None, None, None] & (x >= SOLARIZE_THRESHOLD), 1 - x, x)
+    x = torch.baddbmm(mats[:, :, 3:], mats[:, :, :3], x.view(n, c, h * w)).view(n, c, h, w).clamp_(0, 1)
+    if (idx := _subset(p.blur_sigma > 0)) is not None:
+        x[idx] = gaussian_blur(x[idx], p.blur_sigma[idx], max_sigma)
+    if (idx := _subset(p.solarize)) is not None:
+        sub = x[idx]
+        x[idx] = torch.where(sub >= SOLARIZE_THRESHOLD, 1 - sub, sub)
     if normalize:
         mean = torch.tensor(IMAGENET_MEAN, device=x.device)[None, :, None, None]
         std = torch.tensor(IMAGENET_STD, device=x.device)[None, :, None, None]
-        x = (x - mean) / std
+        x = x.sub_(mean).div_(std)
     return x

@@ -6,9 +6,18 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from personvit.data.multicrop import CropSpec, crop_resize, decode, draft_size, multicrop, sample_box
+from personvit.data.multicrop import (
+    CropSpec,
+    crop_resize,
+    decode,
+    draft_size,
+    multicrop,
+    sample_box,
+    to_tensor,
+)
 
 GLOBAL = CropSpec((256, 128), (0.4, 1.0), (3 / 8, 2 / 3))
 LOCAL = CropSpec((96, 64), (0.1, 0.8), (3 / 8, 2 / 3))
@@ -56,10 +65,18 @@ def test_multicrop_outputs_uint8_views_in_spec_order_deterministically():
     specs = [GLOBAL, GLOBAL, LOCAL, LOCAL, LOCAL]
     a = multicrop(img, hw, np.random.default_rng(3), specs)
     b = multicrop(img, hw, np.random.default_rng(3), specs)
-    assert [x.shape for x in a] == [(256, 128, 3)] * 2 + [(96, 64, 3)] * 3
-    assert all(x.dtype == np.uint8 for x in a)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert not np.array_equal(a[0], a[1])
+    assert [tuple(x.shape) for x in a] == [(3, 256, 128)] * 2 + [(3, 96, 64)] * 3
+    assert all(x.dtype == torch.uint8 for x in a)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], a[1])
+
+
+@pytest.mark.parametrize("box, size", [((5, 12, 50, 130), (256, 128)), ((0, 0, 60, 150), (96, 64)), ((20, 30, 41, 70), (96, 64))])
+def test_crop_resize_matches_pil_bicubic(box, size):
+    img, hw = decode(_jpeg(150, 60), [GLOBAL])
+    ours = crop_resize(to_tensor(img), box, hw, size).permute(1, 2, 0).numpy().astype(float)
+    pil = np.asarray(img.resize((size[1], size[0]), Image.BICUBIC, box=box)).astype(float)
+    assert ours.shape == pil.shape and np.abs(ours - pil).mean() < 1.0 and np.abs(ours - pil).max() <= 12
 
 
 def test_draft_decode_reduces_large_jpegs_only_and_keeps_the_crops():
@@ -77,9 +94,9 @@ def test_draft_decode_reduces_large_jpegs_only_and_keeps_the_crops():
     for spec in (GLOBAL, LOCAL):
         box_a, box_b = sample_box(rng_a, 1600, 800, spec), sample_box(rng_b, 1600, 800, spec)
         assert box_a == box_b  # boxes are drawn in original pixels whatever the decoder did
-        a = crop_resize(full, box_a, hw_full, spec.size).astype(float)
-        b = crop_resize(small, box_b, hw_small, spec.size).astype(float)
-        assert np.abs(a - b).mean() < 4.0  # same view, slightly different resampling
+        a = crop_resize(to_tensor(full), box_a, hw_full, spec.size).float()
+        b = crop_resize(to_tensor(small), box_b, hw_small, spec.size).float()
+        assert (a - b).abs().mean() < 4.0  # same view, slightly different resampling
 
 
 @pytest.mark.parametrize("data", [b"", b"not a jpeg", _jpeg(120, 60)[:400]])
