@@ -45,7 +45,10 @@ class _FeatureDistances:
 
     def pairs(self, i: np.ndarray, j: np.ndarray) -> torch.Tensor:
         ti, tj = torch.from_numpy(i), torch.from_numpy(j)
-        dot = (self.feats[ti] * self.feats[tj]).sum(dim=1)
+        dot = torch.empty(ti.shape[0], dtype=self.feats.dtype)
+        step = max(1, _BLOCK_ELEMS // (4 * self.feats.shape[1]))  # gathered rows are [step, D] each
+        for s in range(0, ti.shape[0], step):
+            dot[s:s + step] = (self.feats[ti[s:s + step]] * self.feats[tj[s:s + step]]).sum(dim=1)
         return (self.sq[ti] + self.sq[tj] - 2.0 * dot).clamp_(min=0.0)
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
 
-import importlib
 from personvit.evaluation import evaluate_rank, rerank, rerank_distances
 
 rerank_mod = importlib.import_module("personvit.evaluation.rerank")  # the package re-exports a function of the same name
