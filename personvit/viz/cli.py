@@ -1,0 +1,149 @@
+"""`personvit visualize KIND ...`: PNG figures from a checkpoint and a shard folder.
+
+Kinds: `attention` (last-block CLS attention per head), `patch-clusters` (k-means over patch tokens),
+`correspondence` (mutual nearest-neighbour patches of two images of one person), `ranks` (top-k
+gallery lists of an evaluation run). Files are named `<kind>_step<S>_<key>.png` in `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from personvit.checkpoint import CheckpointError
+from personvit.data.shards import ShardError
+from personvit.rng import Stream, numpy_rng
+from personvit.viz import draw
+from personvit.viz.attention import write_attention
+from personvit.viz.correspondence import write_correspondence
+from personvit.viz.inputs import find_pairs, load_model, load_samples, to_batch
+from personvit.viz.patch_clusters import write_patch_clusters
+from personvit.viz.ranks import load_features, ranked_lists, render_ranks
+
+__all__ = ["main"]
+
+
+def _model_args(p: argparse.ArgumentParser, split: str, num: int) -> None:
+    p.add_argument("--ckpt", required=True, help="checkpoint file, or a run folder (its latest checkpoint)")
+    p.add_argument("--shards", required=True, help="shard folder with manifest.json")
+    p.add_argument("--split", default=split, help=f"split to take images from (default {split})")
+    p.add_argument("--keys", nargs="+", default=None, help="sample keys to show (default: random ones)")
+    p.add_argument("--num", type=int, default=num, help=f"random images when no --keys (default {num})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random choices")
+    p.add_argument("--which", choices=["teacher", "student"], default="teacher",
+                   help="network of a pretraining checkpoint (default teacher)")
+    p.add_argument("--arch", default=None, help="ViT name (default: model.arch of the run's config.yaml)")
+    p.add_argument("--patch-size", type=int, default=None, help="override the architecture's patch size")
+    p.add_argument("--embed-dim", type=int, default=None)
+    p.add_argument("--depth", type=int, default=None)
+    p.add_argument("--num-heads", type=int, default=None)
+    p.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="model input size (default: data.img_size of the run's config.yaml)")
+    p.add_argument("--out", default="viz", help="output folder (default ./viz)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="personvit visualize", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="kind", required=True, metavar="KIND")
+    p = sub.add_parser("attention", help="last-block CLS attention per head and their mean")
+    _model_args(p, "train", 4)
+    p = sub.add_parser("patch-clusters", help="k-means over patch tokens of many images, red dots per cluster")
+    _model_args(p, "train", 32)
+    p.add_argument("--k", type=int, default=6, help="number of clusters (default 6)")
+    p.add_argument("--show", type=int, default=6, help="images drawn per cluster (default 6)")
+    p = sub.add_parser("correspondence", help="mutual nearest-neighbour patch pairs of two images of one person")
+    _model_args(p, "train", 1)
+    p.add_argument("--top", type=int, default=12, help="pairs drawn (default 12)")
+    p = sub.add_parser("ranks", help="top-k gallery images of queries from an evaluation run's features.npz")
+    p.add_argument("--features", required=True, help="features.npz, or the evaluation run folder holding it")
+    p.add_argument("--shards", required=True, help="shard folder with the query and gallery splits")
+    p.add_argument("--query-split", default="query")
+    p.add_argument("--gallery-split", default="gallery")
+    p.add_argument("--queries", nargs="+", default=None, help="query keys (default: --num random queries)")
+    p.add_argument("--num", type=int, default=4)
+    p.add_argument("--topk", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep-same-camera", action="store_true",
+                   help="do not drop same-pid same-camera gallery items (the protocol drops them)")
+    p.add_argument("--out", default="viz")
+    return ap
+
+
+def _load(args: argparse.Namespace):
+    overrides = {"patch_size": args.patch_size, "embed_dim": args.embed_dim, "depth": args.depth,
+                 "num_heads": args.num_heads}
+    lm = load_model(args.ckpt, args.which, args.arch, overrides, tuple(args.img_size) if args.img_size else None)
+    return lm
+
+
+def _run_model_kind(args: argparse.Namespace, out: Path) -> list[Path]:
+    lm = _load(args)
+    if args.kind == "correspondence":
+        if args.keys and len(args.keys) != 2:
+            raise ValueError(f"correspondence takes exactly two --keys, got {len(args.keys)}")
+        pairs = [tuple(args.keys)] if args.keys else find_pairs(args.shards, args.split, args.num, args.seed)
+        paths = []
+        for ka, kb in pairs:
+            samples = load_samples(args.shards, args.split, keys=[ka, kb])
+            x, images = to_batch([s.image for s in samples], lm)
+            captions = tuple(f"{s.key} (pid {s.pid}, cam {s.camid})" for s in samples)
+            paths.append(write_correspondence(lm.model, x, images, captions, (ka, kb), args.top, lm.step_tag, out))
+        return paths
+    samples = load_samples(args.shards, args.split, keys=args.keys, count=args.num, seed=args.seed)
+    x, images = to_batch([s.image for s in samples], lm)
+    keys = [s.key for s in samples]
+    if args.kind == "attention":
+        return write_attention(lm.model, x, images, keys, lm.step_tag, out)
+    return [write_patch_clusters(lm.model, x, images, keys, args.k, args.seed, lm.step_tag, out, args.show)]
+
+
+def _run_ranks(args: argparse.Namespace, out: Path) -> list[Path]:
+    data = load_features(args.features)
+    q_keys = [str(k) for k in data["q_keys"]]
+    if args.queries:
+        where = {k: i for i, k in enumerate(q_keys)}
+        missing = [k for k in args.queries if k not in where]
+        if missing:
+            raise ValueError(f"query key {missing[0]!r} is not in {args.features}")
+        queries = [where[k] for k in args.queries]
+    else:
+        queries = sorted(numpy_rng(args.seed, Stream.ORDER).choice(len(q_keys), min(args.num, len(q_keys)),
+                                                                   replace=False).tolist())
+    lists = ranked_lists(data, queries, args.topk, drop_same_camera=not args.keep_same_camera)
+    q_imgs = load_samples(args.shards, args.query_split, keys=[q_keys[i] for i in queries])
+    g_needed = sorted({str(data["g_keys"][g]) for r in lists for g in r.gallery})
+    g_imgs = {s.key: s.image for s in load_samples(args.shards, args.gallery_split, keys=g_needed)}
+    step = data.get("step")
+    step_tag = f"step{int(step)}" if step is not None else "stepNA"
+    paths = []
+    for r, q in zip(lists, q_imgs):
+        gallery = [g_imgs[str(data["g_keys"][g])] for g in r.gallery]
+        title = f"query {q.key}: top-{len(r.gallery)}, {int(r.hit.sum())} correct ({step_tag})"
+        path = draw.output_path(out, "ranks", step_tag, q.key)
+        render_ranks(q.image, gallery, r, data, title).save(path)
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of `personvit visualize`; returns the exit code."""
+    args = _parser().parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_grad_enabled(False)
+    try:
+        paths = _run_ranks(args, out) if args.kind == "ranks" else _run_model_kind(args, out)
+    except (ShardError, CheckpointError, ValueError, FileNotFoundError) as e:
+        # User mistakes (bad key, missing file, wrong architecture): one line, no traceback.
+        print(f"personvit visualize {args.kind}: error: {e}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
