@@ -133,24 +133,6 @@ def test_views_are_normalised_float_views_in_student_order(shard_dir):
     assert not next(unmasked.iter_epoch(0)).masks.any()
 
 
-def test_reads_the_same_samples_as_plain_webdataset(shard_dir):
-    import webdataset as wds
-
-    shards = sorted(str(p) for p in shard_dir.glob("train-*.tar"))
-    reference = {s["__key__"]: s["jpg"] for s in wds.WebDataset(shards, shardshuffle=False, empty_check=False)}
-    from personvit.data.shards import EpochOrder, ShardReader, read_manifest
-
-    infos = read_manifest(shard_dir)
-    order = EpochOrder([s.num_samples for s in infos], seed=0, epoch=0, group_size=2)
-    reader = ShardReader(infos)
-    seen = {}
-    for p in range(order.total):
-        key, data = reader.read(*order.locate(p))
-        seen[key] = data
-    reader.close()
-    assert seen == reference
-
-
 def test_corrupt_samples_are_counted_and_bounded(tmp_path):
     bad = frozenset({"img00003", "img00120"})
     root = write_shards(tmp_path / "bad", corrupt=bad)
