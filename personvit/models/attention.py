@@ -58,7 +58,7 @@ def check_backend(backend: str) -> str:
 
 
 def _resolve(backend: str, q: torch.Tensor) -> str:
-    """The concrete kernel for this call (auto -> xformers or sdpa)."""
+    """The concrete kernel for a call on `q` (auto -> xformers or sdpa)."""
     if backend == "auto":
         return "xformers" if q.is_cuda and q.dtype in _HALF and xformers_available() else "sdpa"
     if backend == "xformers" and not (q.is_cuda and q.dtype in _HALF):
@@ -127,10 +127,14 @@ class Attention(nn.Module):
         """Switch the kernel (validated like at build time)."""
         self.backend = check_backend(backend)
 
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, N, dim] -> [B, N, 3, heads, head_dim]."""
         b, n, _ = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return qkv.unbind(0)  # each [B, heads, N, d]
+        return self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)
+
+    @staticmethod
+    def _heads_first(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, d]
 
     def forward(
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
@@ -139,16 +143,17 @@ class Attention(nn.Module):
         if attn_mask is not None or is_causal:
             raise ValueError("Attention: attention masks are not supported (ViT self-attention is full)")
         b, n, c = x.shape
-        q, k, v = self._qkv(x)
+        qkv = self._qkv(x)
         p = self.attn_drop_p if self.training else 0.0
-        kernel = _resolve(self.backend, q)
+        kernel = _resolve(self.backend, qkv)
         if kernel == "xformers":
             from xformers.ops import memory_efficient_attention
 
-            # xformers takes [B, N, heads, d].
-            out = memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), p=p)
-            out = out.reshape(b, n, c)
+            # xformers takes [B, N, heads, d]: slices of the qkv projection, no permute (as dinov2).
+            q, k, v = qkv.unbind(2)
+            out = memory_efficient_attention(q, k, v, p=p).reshape(b, n, c)
         else:
+            q, k, v = self._heads_first(qkv)
             if kernel == "sdpa":
                 out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
             else:
@@ -158,5 +163,5 @@ class Attention(nn.Module):
 
     def attention_map(self, x: torch.Tensor) -> torch.Tensor:
         """Attention probabilities [B, heads, N, N] for visualisation (math kernel, no dropout)."""
-        q, k, v = self._qkv(x)
+        q, k, v = self._heads_first(self._qkv(x))
         return math_attention(q, k, v)[1]
