@@ -2,8 +2,8 @@
 dataset sizes, and shard bytes vs webdataset's ShardWriter writing the same samples.
 
 The dataset is a LUPerson-style folder of synthetic pedestrian JPEGs (128x64, ~3 KB: rendered once,
-then copied under new names up to each size). Every command runs in its own process, the page
-cache is warmed first (both tar and pack read warm files), and each timing is the best of
+then copied under new names up to each size). Every command runs in its own process on files
+that were just written (warm page cache for tar and pack alike), and each timing is the best of
 `--repeats`. Peak RSS is /usr/bin/time's maximum resident size of the pack process (workers are
 separate processes with their own, smaller RSS). Targets (issue 3): pack >= 0.7x tar per worker;
 RSS flat in the dataset size.
@@ -26,15 +26,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 
-def make_dataset(root: Path, n: int, base: Path) -> int:
-    """`n` JPEG files under root/images (copies of the rendered base set); returns their bytes."""
+def grow_dataset(root: Path, n: int, base: Path) -> int:
+    """Make root/images hold `n` JPEG files (copies of the rendered base set); returns their bytes."""
     files = sorted(base.glob("*.jpg"))
-    (root / "images").mkdir(parents=True)
+    (root / "images").mkdir(parents=True, exist_ok=True)
     total = 0
     for i in range(n):
-        data = files[i % len(files)].read_bytes()
-        (root / "images" / f"{i // len(files):03d}_{files[i % len(files)].name}").write_bytes(data)
-        total += len(data)
+        src = files[i % len(files)]
+        dst = root / "images" / f"{i // len(files):03d}_{src.name}"
+        if not dst.exists():
+            dst.write_bytes(src.read_bytes())
+        total += dst.stat().st_size
     return total
 
 
@@ -89,12 +91,10 @@ def main() -> int:
 
         make_synthetic(work / "base", identities=2, cameras=2, unlabeled=2000, seed=0, workers=2)
         for n in args.sizes:
-            src = work / f"src{n}"
-            jpeg_bytes = make_dataset(src, n, work / "base" / "unlabeled")
-            subprocess.run(f"cat {src}/images/* > /dev/null", shell=True, check=True)  # warm the page cache
-            out = work / "out"
+            src, out = work / "src", work / "out"
+            jpeg_bytes = grow_dataset(src, n, work / "base" / "unlabeled")  # just written: in the page cache
 
-            def clean():
+            def clean(out=out):
                 shutil.rmtree(out, ignore_errors=True)
                 (work / "x.tar").unlink(missing_ok=True)
 

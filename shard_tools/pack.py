@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import multiprocessing as mp
 import sys
@@ -47,7 +48,7 @@ def write_shard(source: Source, shard: ShardPlan, out: Path, decode_check: bool,
     remove_stale_temps(final)
     skipped, pids, cams, jpeg_bytes = [], set(), set(), 0
     with ShardWriter(final) as w:
-        for key, rec in shard.slots:
+        for key, rec in shard.slots():
             try:
                 data = source.read(rec.path)
             except OSError as e:  # unreadable, vanished, a dangling link, a directory named x.jpg...
@@ -64,7 +65,7 @@ def write_shard(source: Source, shard: ShardPlan, out: Path, decode_check: bool,
         samples = w.samples
         nbytes, sha = w.commit()
     entry = {"name": shard.name, "split": shard.split, "samples": samples, "bytes": nbytes, "sha256": sha,
-             "jpeg_bytes": jpeg_bytes, "planned": len(shard.slots), "pids": sorted(pids), "cams": sorted(cams),
+             "jpeg_bytes": jpeg_bytes, "planned": len(shard), "pids": sorted(pids), "cams": sorted(cams),
              "skipped": skipped, "fingerprint": fingerprint}
     atomic_write_json(journal_path(out, shard.name), entry)
     return entry
@@ -120,11 +121,11 @@ def pack(source: str, src: str | Path, out: str | Path, *, maxcount: int = 10000
     })
     mine = [plan.shards[i] for i in array_slice(len(plan.shards), array_index, array_count)]
     todo = [s for s in mine if load_journal(out, s.name, plan.fingerprint) is None]
-    total = sum(len(s.slots) for s in mine)
-    done_before = total - sum(len(s.slots) for s in todo)
+    total = sum(len(s) for s in mine)
+    done_before = total - sum(len(s) for s in todo)
     if progress:
         for split, shards in plan.splits().items():
-            print(shard_advice(sum(len(s.slots) for s in shards), maxcount, split), flush=True)
+            print(shard_advice(sum(len(s) for s in shards), maxcount, split), flush=True)
         if done_before:
             print(f"resuming: {len(mine) - len(todo)} of {len(mine)} shard(s) already finished", flush=True)
     packed = skipped = 0
@@ -161,7 +162,10 @@ def _run(todo: list[ShardPlan], source: Source, out: Path, decode_check: bool, f
         for shard in todo:
             yield write_shard(source, shard, out, decode_check, fingerprint)
         return
-    # fork: workers inherit the imported modules (no re-import cost); spawn where fork is unavailable
+    # fork: workers inherit the imported modules (no re-import cost); spawn where fork is unavailable.
+    # gc.freeze: a forked worker's garbage collector would otherwise touch every inherited record
+    # of the listing and so copy the parent's pages (copy-on-write) into each worker.
+    gc.freeze()
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     with ctx.Pool(workers, initializer=_init_worker, initargs=(source, out, decode_check, fingerprint)) as pool:
         yield from pool.imap_unordered(_write_in_worker, todo, chunksize=1)

@@ -56,21 +56,37 @@ class PackOptions:
 
 @dataclasses.dataclass(frozen=True)
 class ShardPlan:
-    """One shard to write: its split, index, file name and (key, record) slots."""
+    """One shard to write: its split, index, records and their sample keys.
+
+    Keys are derived from paths when needed (`sample_key`) rather than stored: only the rare keys
+    renamed to resolve a collision are kept, in `renamed`.
+    """
 
     split: str
     index: int
-    slots: tuple[tuple[str, Record], ...]
+    records: tuple[Record, ...]
+    renamed: dict[Record, str] = dataclasses.field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return f"{self.split}-{self.index:06d}.tar"
 
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def slots(self):
+        """(key, record) pairs in write order."""
+        for r in self.records:
+            yield self.renamed.get(r) or sample_key(r.path), r
+
+
+_NOT_KEY_CHAR = re.compile(r"[^A-Za-z0-9_-]")
+
 
 def sample_key(path: str) -> str:
     """A dot-free, slash-free key from a source path: `query/0001_c1s1_001051_00.jpg` -> `query_0001_c1s1_001051_00`."""
-    stem = path.rsplit(".", 1)[0] if "." in Path(path).name else path
-    return re.sub(r"[^A-Za-z0-9_-]", "_", stem)
+    dot, slash = path.rfind("."), path.rfind("/")
+    return _NOT_KEY_CHAR.sub("_", path[:dot] if dot > slash + 1 else path)
 
 
 def _subset(records: list[Record], opts: PackOptions, split: str) -> tuple[list[Record], int]:
@@ -109,6 +125,43 @@ class Plan:
         return out
 
 
+def _stable_hash(key: str) -> int:
+    """A 64-bit hash equal in every process (Python's `hash` of str is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest(),
+                          "little", signed=True)
+
+
+def _resolve_key_collisions(ordered: list[Record]) -> dict[Record, str]:
+    """New keys for the records whose derived key repeats an earlier one (`a.b/c.jpg` vs `a_b/c.jpg`).
+
+    A set of 4M key strings would cost ~0.4 GB; their 64-bit hashes in numpy cost 32 MB. Only the
+    records whose hash repeats are compared by real key, so the result is exact and depends only
+    on the plan order. A renamed key `base_N` skips every N whose key exists anywhere in the set.
+    """
+    hashes = np.fromiter((_stable_hash(sample_key(r.path)) for r in ordered), dtype=np.int64, count=len(ordered))
+    known = np.sort(hashes)
+    repeated = np.unique(known[1:][known[1:] == known[:-1]])
+
+    def exists(key: str) -> bool:
+        h = _stable_hash(key)
+        i = int(np.searchsorted(known, h))
+        return i < len(known) and known[i] == h
+
+    renamed: dict[Record, str] = {}
+    used: set[str] = set()
+    for i in np.flatnonzero(np.isin(hashes, repeated)):  # ascending: plan order
+        r = ordered[int(i)]
+        key = base = sample_key(r.path)
+        n = 0
+        while key in used or (key != base and exists(key)):
+            n += 1
+            key = f"{base}_{n}"
+        used.add(key)
+        if key != base:
+            renamed[r] = key
+    return renamed
+
+
 def make_plan(listing: Listing, opts: PackOptions, source: str) -> Plan:
     """Subset, order, key and cut the listing into shards.
 
@@ -119,16 +172,15 @@ def make_plan(listing: Listing, opts: PackOptions, source: str) -> Plan:
     """
     dropped = dict(listing.dropped)
     by_split: dict[str, list[Record]] = {}
-    seen: set[tuple[str, str]] = set()
+    seen: set[Record] = set()
     for r in listing.records:
-        if (r.split, r.path) in seen:
+        if r in seen:
             dropped["duplicate path"] = dropped.get("duplicate path", 0) + 1
             continue
-        seen.add((r.split, r.path))
+        seen.add(r)
         by_split.setdefault(r.split, []).append(r)
-    shards: list[ShardPlan] = []
-    keys: set[str] = set()
-    digest = hashlib.sha256(json.dumps([source, dataclasses.asdict(opts)], sort_keys=True).encode())
+    del seen
+    ordered: list[tuple[str, list[Record]]] = []
     for split in SPLIT_ORDER:
         records, missing = _subset(by_split.get(split, []), opts, split)
         if missing:
@@ -138,17 +190,17 @@ def make_plan(listing: Listing, opts: PackOptions, source: str) -> Plan:
         if split == "train" and opts.shuffle_train:
             order = np.random.default_rng([opts.seed, STREAM_ORDER]).permutation(len(records))
             records = [records[i] for i in order]
-        slots = []
+        ordered.append((split, records))
+    renamed = _resolve_key_collisions([r for _, records in ordered for r in records])
+    digest = hashlib.sha256(json.dumps([source, dataclasses.asdict(opts)], sort_keys=True).encode())
+    shards: list[ShardPlan] = []
+    for split, records in ordered:
         for r in records:
-            key = base = sample_key(r.path)
-            n = 1
-            while key in keys:  # e.g. `a.b/c.jpg` and `a_b/c.jpg`; rare, resolved in plan order
-                key, n = f"{base}_{n}", n + 1
-            keys.add(key)
-            slots.append((key, r))
-            digest.update(f"{split}\0{r.path}\0{r.pid}\0{r.camid}\0{key}\n".encode("utf-8", "surrogateescape"))
-        for i in range(0, len(slots), opts.maxcount):
-            shards.append(ShardPlan(split, i // opts.maxcount, tuple(slots[i:i + opts.maxcount])))
+            digest.update(f"{split}\0{r.path}\0{r.pid}\0{r.camid}\0{renamed.get(r, '')}\n".encode("utf-8", "surrogateescape"))
+        for i in range(0, len(records), opts.maxcount):
+            chunk = tuple(records[i:i + opts.maxcount])
+            own = {r: renamed[r] for r in chunk if r in renamed} if renamed else {}
+            shards.append(ShardPlan(split, i // opts.maxcount, chunk, own))
     return Plan(shards, list(listing.skipped), dropped, digest.hexdigest())
 
 

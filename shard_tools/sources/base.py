@@ -16,7 +16,7 @@ class SourceError(Exception):
     """A missing or wrong-layout source folder; the message names what was expected."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # slots: ~70 B per image instead of ~250 (4M of them)
 class Record:
     """One source image before packing.
 

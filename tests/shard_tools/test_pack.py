@@ -106,3 +106,12 @@ def test_progress_and_summary_lines(tiny_synth, tmp_path, capsys):
     assert "train: 60 samples -> 3 shard(s) of 25 (last 10)" in out
     assert "pack luperson: 60/60 (100.0%)" in out  # plain line off a terminal
     assert "images/s" in out
+
+
+def test_colliding_keys_are_made_unique_deterministically(tmp_path, files):
+    # `a.b/x.jpg`, `a_b/x.jpg` and `a_b/x_1.jpg` all want keys around `a_b_x`; `c/x.png.jpg` has an inner dot
+    files(tmp_path / "lup", ["a.b/x.jpg", "a_b/x.jpg", "a_b/x_1.jpg", "c/x.png.jpg"])
+    m = pack("luperson", tmp_path / "lup", tmp_path / "o", shuffle_train=False, progress=False)
+    keys = {json.loads(s["json"])["path"]: s["__key__"] for s in
+            wds.WebDataset([str(tmp_path / "o" / s["name"]) for s in m["splits"]["train"]["shards"]], shardshuffle=False)}
+    assert keys == {"a.b/x.jpg": "a_b_x", "a_b/x.jpg": "a_b_x_2", "a_b/x_1.jpg": "a_b_x_1", "c/x.png.jpg": "c_x_png"}
