@@ -6,8 +6,9 @@ import pytest
 import timm
 import torch
 from timm.layers import resample_abs_pos_embed
+from torch.utils.flop_counter import FlopCounterMode
 
-from personvit.models import VIT_ARCHS, build_vit, interpolate_pos_embed
+from personvit.models import VIT_ARCHS, build_vit, interpolate_pos_embed, num_flops_forward
 from personvit.rng import seed_step
 
 TIMM_NAMES = {
@@ -152,6 +153,14 @@ def test_drop_path_is_stochastic_in_training_and_reproducible_per_step():
         model.eval()
         d, e = model(x), model(x)
     assert torch.equal(a, b) and not torch.equal(a, c) and torch.equal(d, e)
+
+
+@pytest.mark.parametrize("img_hw", [(64, 32), (24, 16)])
+def test_analytic_flops_match_torch_flop_counter(img_hw):
+    model = tiny(attn_backend="math").eval()  # math attention: the counter sees its matmuls
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, 3, *img_hw))
+    assert num_flops_forward(model, img_hw) == counter.get_total_flops()
 
 
 def test_last_attention_is_a_distribution():
