@@ -2,6 +2,7 @@
 
 from personvit.models.attention import BACKENDS, Attention, xformers_available
 from personvit.models.heads import DINOHead, WeightNormLinear
+from personvit.models.loading import LoadReport, load_backbone
 from personvit.models.multicrop import MultiCropOutput, MultiCropWrapper
 from personvit.models.vit import (
     VIT_ARCHS,
@@ -16,12 +17,14 @@ __all__ = [
     "VIT_ARCHS",
     "Attention",
     "DINOHead",
+    "LoadReport",
     "MultiCropOutput",
     "MultiCropWrapper",
     "WeightNormLinear",
     "VisionTransformer",
     "build_vit",
     "interpolate_pos_embed",
+    "load_backbone",
     "num_flops_forward",
     "xformers_available",
 ]
