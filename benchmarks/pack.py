@@ -40,24 +40,26 @@ def grow_dataset(root: Path, n: int, base: Path) -> int:
     return total
 
 
-def timed(cmd: list[str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS in KiB) of one command."""
+def timed(cmd: list[str]) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds user+sys incl. worker processes, peak RSS in KiB) of one command."""
     t0 = time.perf_counter()
-    r = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True,
+    r = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", *cmd], capture_output=True, text=True,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     dt = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n{r.stderr}")
-    return dt, int(r.stderr.strip().splitlines()[-1])
+    rss, user, sys_ = r.stderr.strip().splitlines()[-1].split()
+    return dt, float(user) + float(sys_), int(rss)
 
 
-def best(cmd: list[str], repeats: int, before=None) -> tuple[float, int]:
+def best(cmd: list[str], repeats: int, before=None) -> tuple[float, float, int]:
+    """Best wall time and best CPU time over `repeats` runs (the machine is shared), max RSS."""
     runs = []
     for _ in range(repeats):
         if before:
             before()
         runs.append(timed(cmd))
-    return min(r[0] for r in runs), max(r[1] for r in runs)
+    return min(r[0] for r in runs), min(r[1] for r in runs), max(r[2] for r in runs)
 
 
 def shardwriter_bytes(src: Path, n: int) -> int:
@@ -98,17 +100,20 @@ def main() -> int:
                 shutil.rmtree(out, ignore_errors=True)
                 (work / "x.tar").unlink(missing_ok=True)
 
-            tar_s, tar_rss = best(["tar", "cf", str(work / "x.tar"), "-C", str(src), "images"], args.repeats, clean)
+            tar_s, tar_cpu, _ = best(["tar", "cf", str(work / "x.tar"), "-C", str(src), "images"], args.repeats, clean)
             r = {"files": n, "jpeg_bytes": jpeg_bytes, "tar_s": tar_s, "tar_files_per_s": n / tar_s,
+                 "tar_files_per_cpu_s": n / max(tar_cpu, 1e-3),
                  "tar_bytes_ratio": (work / "x.tar").stat().st_size / jpeg_bytes}
             for check in ("decode", "header"):
                 for workers in (1, 2):
                     cmd = [py, "-m", "shard_tools", "pack", "luperson", str(src), str(out), "--maxcount", "1000",
                            "--workers", str(workers), "--check", check, "--quiet"]
-                    s, rss = best(cmd, args.repeats, clean)
+                    s, cpu, rss = best(cmd, args.repeats, clean)
                     tag = f"{check}_w{workers}"
                     r[f"{tag}_s"], r[f"{tag}_files_per_s"], r[f"{tag}_rss_kib"] = s, n / s, rss
                     r[f"{tag}_vs_tar_per_worker"] = (n / s) / workers / r["tar_files_per_s"]
+                    r[f"{tag}_files_per_cpu_s"] = n / cpu
+                    r[f"{tag}_cpu_vs_tar"] = (n / cpu) / r["tar_files_per_cpu_s"]
             r["pack_bytes_ratio"] = sum(p.stat().st_size for p in out.glob("*.tar")) / jpeg_bytes
             r["shardwriter_bytes_ratio"] = shardwriter_bytes(src, n) / jpeg_bytes
             results["sizes"][str(n)] = r
@@ -125,6 +130,11 @@ def main() -> int:
         print(f"{r['files']:>7} {r['tar_files_per_s']:8.0f} " + " ".join(f"{c:>14}" for c in cells)
               + f" {r['decode_w1_rss_kib'] / 1024:6.0f}MB {r['decode_w2_rss_kib'] / 1024:6.0f}MB"
               + f" {r['pack_bytes_ratio']:10.2f} {r['shardwriter_bytes_ratio']:11.2f}")
+    print("per CPU-second (user+sys, all processes; robust to other load on the machine): files/CPU-s (x tar)")
+    for r in rows:
+        print(f"{r['files']:>7} {r['tar_files_per_cpu_s']:8.0f} " + " ".join(
+            f"{r[f'{t}_files_per_cpu_s']:6.0f} ({r[f'{t}_cpu_vs_tar']:.2f}x)".rjust(14)
+            for t in ("decode_w1", "decode_w2", "header_w1", "header_w2")))
     a, b = rows[0], rows[-1]
     results["rss_growth_w1"] = b["decode_w1_rss_kib"] / a["decode_w1_rss_kib"]
     print(f"peak RSS (1 worker) {a['files']} -> {b['files']} files: x{results['rss_growth_w1']:.2f}")

@@ -21,11 +21,12 @@ def _parser() -> argparse.ArgumentParser:
     pk.add_argument("--fraction", type=float, default=1.0, help="keep this fraction (random, or the top of --cfs-list)")
     pk.add_argument("--cfs-list", default=None, help="pickled score-sorted image names; keeps the top --fraction")
     pk.add_argument("--seed", type=int, default=0, help="seed of the subset and of the train order")
-    pk.add_argument("--array-index", type=int, default=None, help="this task's index (default $SLURM_ARRAY_TASK_ID)")
+    pk.add_argument("--array-index", type=int, default=None, help="this task's index (default: from $SLURM_ARRAY_TASK_ID - $SLURM_ARRAY_TASK_MIN)")
     pk.add_argument("--array-count", type=int, default=None, help="number of array tasks (default $SLURM_ARRAY_TASK_COUNT)")
     pk.add_argument("--no-shuffle", action="store_true", help="keep the train split in listing order")
-    pk.add_argument("--check", choices=["decode", "header"], default="decode",
-                    help="decode: entropy-decode every JPEG (default); header: markers + header only (faster)")
+    pk.add_argument("--check", choices=["header", "decode"], default="header",
+                    help="header: JPEG marker structure, empty/non-JPEG/truncated files (default, fast); "
+                         "decode: also entropy-decode every image (~10x slower)")
     pk.add_argument("--quiet", action="store_true", help="no progress or summary")
 
     mg = sub.add_parser("merge", help="write manifest.json once every array task has finished")
@@ -51,14 +52,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _array_args(args: argparse.Namespace) -> tuple[int, int]:
-    """(index, count) from the flags, else from Slurm's array variables, else (0, 1)."""
+    """(index, count) from the flags, else from a Slurm job array, else (0, 1).
+
+    Slurm task ids need not start at 0 (`--array=1-8`), so the index is taken relative to
+    SLURM_ARRAY_TASK_MIN.
+    """
     import os
 
-    index = args.array_index if args.array_index is not None else os.environ.get("SLURM_ARRAY_TASK_ID")
-    count = args.array_count if args.array_count is not None else os.environ.get("SLURM_ARRAY_TASK_COUNT")
-    if (index is None) != (count is None):
-        raise SourceError("give both --array-index and --array-count (or neither)")
-    return (0, 1) if index is None else (int(index), int(count))
+    if args.array_index is not None or args.array_count is not None:
+        if args.array_index is None or args.array_count is None:
+            raise SourceError("give both --array-index and --array-count (or neither)")
+        return args.array_index, args.array_count
+    env = os.environ
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        index = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+        return index, int(env["SLURM_ARRAY_TASK_COUNT"])
+    return 0, 1
 
 
 def main(argv: list[str] | None = None) -> int:

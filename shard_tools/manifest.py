@@ -24,7 +24,7 @@ FORMAT = "personvit-shards/1"
 def atomic_write_json(path: Path, obj: dict) -> None:
     """Write JSON to a temporary name, fsync, rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.uname().nodename}-{os.getpid()}")  # array tasks share the folder
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
         f.write("\n")

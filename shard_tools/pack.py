@@ -86,7 +86,7 @@ def _write_in_worker(shard: ShardPlan) -> dict:
 
 def pack(source: str, src: str | Path, out: str | Path, *, maxcount: int = 10000, workers: int = 1,
          fraction: float = 1.0, cfs_list: str | None = None, seed: int = 0, array_index: int = 0,
-         array_count: int = 1, shuffle_train: bool = True, decode_check: bool = True,
+         array_count: int = 1, shuffle_train: bool = True, decode_check: bool = False,
          progress: bool = True) -> dict | None:
     """Pack `source` at `src` into shards in `out`; resumes whatever an earlier run left.
 

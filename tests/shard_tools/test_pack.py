@@ -13,6 +13,15 @@ import webdataset as wds
 from shard_tools.manifest import read_manifest
 from shard_tools.pack import pack
 from shard_tools.sources import SourceError, open_source
+from shard_tools.verify import verify
+
+
+def bogus_huffman(data: bytes) -> bytes:
+    """A JPEG whose markers are intact but whose Huffman table cannot be built: only a decode tells."""
+    b = bytearray(data)
+    dht = b.index(b"\xff\xc4")
+    b[dht + 5: dht + 21] = b"\xff" * 16
+    return bytes(b)
 
 
 def test_output_is_byte_identical_for_1_and_2_workers(tiny_synth, tmp_path, tree_bytes):
@@ -61,21 +70,29 @@ def test_bad_inputs_are_skipped_counted_and_listed(tiny_synth, tmp_path, jpeg):
         "images/notes.txt": b"hello",
         "images/trunc.jpg": jpeg(5)[:700],
         "images/corrupt.jpg": jpeg(6)[:300] + jpeg(6)[-2:],
+        "images/huffman.jpg": bogus_huffman(jpeg(7)),
     }
     for name, data in bad.items():
         (src / name).write_bytes(data)
     os.symlink(src / "gone.jpg", src / "images" / "dangling.jpg")
-    m = pack("luperson", src, tmp_path / "out", maxcount=16, workers=2, progress=False)
+    m = pack("luperson", src, tmp_path / "out", maxcount=16, workers=2, decode_check=True, progress=False)
     assert m["splits"]["train"]["samples"] == good
     reasons = {s["path"]: s["reason"] for s in m["skipped"]}
     assert reasons == {
         "images/zero.jpg": "empty file", "images/notes.txt": "not an image",
         "images/trunc.jpg": "truncated JPEG (no end-of-image marker)",
         "images/corrupt.jpg": reasons["images/corrupt.jpg"], "images/dangling.jpg": "unreadable (FileNotFoundError)",
+        "images/huffman.jpg": reasons["images/huffman.jpg"],
     }
     assert reasons["images/corrupt.jpg"].startswith("corrupt JPEG")
-    assert m["num_skipped"] == 5
+    assert reasons["images/huffman.jpg"].startswith("corrupt JPEG (OSError")  # found by the decode only
+    assert m["num_skipped"] == 6
     assert read_manifest(tmp_path / "out") == m
+    # the default (marker) check skips all but the bogus Huffman table, which `verify` then reports
+    m2 = pack("luperson", src, tmp_path / "fast", maxcount=16, progress=False)
+    assert {s["path"] for s in m2["skipped"]} == set(reasons) - {"images/huffman.jpg"}
+    _, problems = verify(tmp_path / "fast")
+    assert len(problems) == 1 and "huffman.jpg does not decode" in problems[0]
 
 
 def test_fraction_is_seeded_and_cfs_keeps_the_top(tiny_synth, tmp_path):
