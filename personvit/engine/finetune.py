@@ -10,12 +10,12 @@ The learning rate is a pure function of the epoch and is set at each epoch start
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
@@ -30,6 +30,7 @@ from personvit.data.samplers import KeyBatchSampler, PKSampler
 from personvit.data.shards import ShardError
 from personvit.distributed import DistInfo, barrier, init_distributed
 from personvit.engine.evaluate import EvaluationError, evaluate_model, model_arch, parse_args
+from personvit.engine.schedules import cosine_schedule
 from personvit.losses.triplet import batch_hard_triplet_loss
 from personvit.models.loading import load_backbone
 from personvit.models.reid import ReIDModel, build_reid_model
@@ -41,25 +42,19 @@ log = get_logger(__name__)
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: saved and stopped on request; rerun the same command to resume
 
 
-def bot_lr(epoch: int, lr: float, epochs: int, warmup_epochs: int, warmup_factor: float, min_factor: float) -> float:
-    """Per-epoch learning rate of the authors' recipe (timm `CosineLRScheduler`, `t_in_epochs`).
+def epoch_lrs(lr: float, train: FinetuneTrainConfig) -> np.ndarray:
+    """The learning rate of every epoch: linear warmup from `warmup_factor * lr`, cosine to `min_lr_factor * lr`.
 
-    Linear warmup from `warmup_factor * lr` over `warmup_epochs`, then cosine over the whole run
-    (the cosine clock starts at epoch 0, not after the warmup, as timm's default) to `min_factor * lr`.
+    Per-epoch values of the shared `cosine_schedule` (iBOT semantics: the warmup reaches `lr` on its
+    last epoch and the cosine runs over the remaining epochs). The authors' timm `CosineLRScheduler`
+    starts its cosine clock at epoch 0 instead; the two differ by at most a few percent of `lr`.
 
     Args:
-        epoch: 0-based epoch.
-        lr: peak learning rate.
-        epochs: run length.
-        warmup_epochs: warmup length.
-        warmup_factor: warmup start as a fraction of `lr`.
-        min_factor: cosine floor as a fraction of `lr`.
+        lr: peak learning rate (already scaled to the batch size).
+        train: epochs, warmup and floor.
     """
-    if epoch < warmup_epochs:
-        start = warmup_factor * lr
-        return start + epoch * (lr - start) / warmup_epochs
-    floor = min_factor * lr
-    return floor + 0.5 * (lr - floor) * (1.0 + math.cos(math.pi * epoch / epochs))
+    warmup = min(train.warmup_epochs, train.epochs)
+    return cosine_schedule(lr, train.min_lr_factor * lr, train.epochs, 1, warmup, train.warmup_factor * lr)
 
 
 def build_optimizer(model: ReIDModel, train: FinetuneTrainConfig, lr: float) -> torch.optim.SGD:
@@ -123,6 +118,7 @@ class Finetuner:
         if m.init:
             load_backbone(self.model.backbone, m.init, which="teacher", strict=m.init_strict)
         self.lr = t.base_lr * self.sampler.batch_size / t.lr_ref_batch
+        self.lrs = epoch_lrs(self.lr, t)
         self.optimizer = build_optimizer(self.model, t, self.lr)
         self.amp_dtype, use_scaler = amp_settings(self.device, t.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
@@ -210,7 +206,7 @@ class Finetuner:
         with ProgressReporter(sum(per_epoch), "finetune", enabled=self.dist.is_main, every_s=cfg.run.progress_every_s,
                               initial=sum(per_epoch[:self.epoch]) + self.batch) as bar:
             while self.epoch < t.epochs:
-                lr = bot_lr(self.epoch, self.lr, t.epochs, t.warmup_epochs, t.warmup_factor, t.min_lr_factor)
+                lr = float(self.lrs[self.epoch])
                 set_lr(self.optimizer, lr)
                 for images, labels, _ in self.loader(self.epoch, self.batch):
                     out = self.train_step(images, labels)

@@ -73,3 +73,39 @@ def sample(key: str, pid: int, camid: int, seed: int) -> tuple[str, dict[str, by
     """One well-formed sample (jpg + json)."""
     meta = {"camid": camid, "dataset": "test", "path": f"x/{key}.jpg", "pid": pid}
     return key, {"jpg": jpeg_bytes(seed), "json": json.dumps(meta).encode()}
+
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_CONFIG = REPO / "configs" / "finetune" / "tiny_cpu.yaml"
+# Shrinks configs/finetune/tiny_cpu.yaml further: 32x16 inputs, patch 4, dim 64, depth 2 (~10 steps/s on
+# one core). A ViT from scratch on SGD learns slowly; 30 epochs of this set move it well above chance.
+SMALL = [
+    "data.img_size=[32,16]", "data.pad=2", "model.patch_size=4", "model.embed_dim=64", "model.depth=2",
+    "model.num_heads=2", "run.progress_every_s=1000",
+]  # fmt: skip
+
+
+def finetune_config(shards: Path, run_dir: Path, *overrides: str):
+    """The tiny fine-tuning config on `shards` writing to `run_dir`."""
+    from personvit.config.core import load_config
+    from personvit.config.finetune import FinetuneConfig
+
+    return load_config(FinetuneConfig, TINY_CONFIG, [f"data.shards={shards}", f"run.dir={run_dir}", *SMALL, *overrides])
+
+
+def finetuned_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(shard folder, run folder) of one tiny fine-tuning run, made once per session in-process."""
+    import torch
+
+    from personvit.engine.finetune import run
+
+    shards = reid_shards(tmp_path_factory, identities=80, cameras=3, seed=2, maxcount=200)
+    run_dir = tmp_path_factory.getbasetemp() / "reid-finetuned"
+    if not (run_dir / "results.json").is_file():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            run(finetune_config(shards, run_dir, "train.epochs=30", "data.erase_p=0.0"))
+        finally:
+            torch.set_num_threads(threads)
+    return shards, run_dir
