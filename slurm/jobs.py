@@ -19,7 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -130,7 +129,7 @@ class TrainJob(submitit.helpers.Checkpointable):
             if isinstance(result, int) and result != 0:
                 raise RuntimeError(f"{self.entry} exited with status {result}; see the log in {run_dir}")
         except BaseException as e:
-            if is_main and not isinstance(e, SystemExit):
+            if is_main and not isinstance(e, (SystemExit, RequeueRefused)):  # those recorded their own end
                 restarts.record(run_dir, "end", status="failed", error=f"{type(e).__name__}: {e}"[:500])
             raise
         finally:
@@ -143,10 +142,11 @@ class TrainJob(submitit.helpers.Checkpointable):
     def _on_preempted(self, run_dir: Path, env: submitit.JobEnvironment | None, is_main: bool,
                       step: int | None, reason: str) -> None:
         """After the collective save: requeue (rank 0) and leave without writing a result."""
+        from personvit.distributed import barrier
+
+        barrier()  # every rank has left the training loop; rank 0 now requeues the whole job
         if not is_main:
-            # Rank 0 requeues the whole job, which kills this task; exiting first could end the step.
-            time.sleep(120)
-            sys.exit(-1)
+            sys.exit(-1)  # no result file: the job is not over
         restart_count = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
         kind = _stop_kind(env, reason)
         restarts.record(run_dir, "stop", reason=kind, signal=reason, step=step)

@@ -143,7 +143,7 @@ class LocalSlurm:
             "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
             "EnforcePartLimits=ALL",  # an impossible job is rejected at submit instead of pending forever
             "ReturnToService=2", "MpiDefault=none",
-            "KillWait=5",  # submitit ignores SIGTERM: keep kills fast
+            "KillWait=2",  # submitit ignores SIGTERM: a killed job trains on until SIGKILL; keep that short
             "MinJobAge=300",
         ]
         if _hostname_is_loopback():

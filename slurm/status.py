@@ -137,8 +137,9 @@ def find_runs(root: Path = Path("runs")) -> list[Path]:
     return sorted(p.parent for p in root.glob("**/submission.json"))
 
 
-def main(run_dirs: list[str], as_json: bool = False, out=sys.stdout) -> int:
+def main(run_dirs: list[str], as_json: bool = False, out=None) -> int:
     """Print the status of the given runs (default: every run under ./runs). 1 if one is missing."""
+    out = out or sys.stdout
     dirs = [Path(d) for d in run_dirs] or find_runs()
     if not dirs:
         print("no runs found (give run folders, or run from the folder that holds runs/)", file=out)

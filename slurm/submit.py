@@ -80,7 +80,7 @@ def run_folder(profile: ClusterProfile, kind: str, recipe: dict[str, Any]) -> Pa
 
 
 def submit_training(kind: str, config: str, overrides: Sequence[str], cluster: str, dry_run: bool = False,
-                    entry: str | None = None, out=sys.stdout) -> Submission | None:
+                    entry: str | None = None, out=None) -> Submission | None:
     """Validate, render and submit one pretrain / finetune job.
 
     Args:
@@ -94,6 +94,7 @@ def submit_training(kind: str, config: str, overrides: Sequence[str], cluster: s
     Returns:
         The submission, or None on a dry run.
     """
+    out = out or sys.stdout
     cluster_over, recipe_over = split_overrides(overrides)
     profile = load_profile(cluster, cluster_over)
     profile.check_request()

@@ -1,0 +1,44 @@
+"""Small helpers shared by the Slurm tests (waiting on files a running job writes)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from slurm.restarts import read_events
+
+
+def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 90.0, every: float = 0.2) -> Any:
+    """Poll `predicate` until it returns something truthy; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def last_step(run_dir: Path) -> int:
+    """Step of the last metrics line (0 when none yet)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    for line in reversed(path.read_text().splitlines()):
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError):
+            continue
+    return 0
+
+
+def starts(run_dir: Path) -> int:
+    return sum(1 for e in read_events(run_dir) if e["event"] == "start")
+
+
+def wait_done(job, timeout: float = 120.0) -> None:
+    """Wait until submitit considers the job finished (result written or a final Slurm state)."""
+    wait_for(f"job {job.job_id} to finish", lambda: job.done(force_check=True), timeout, every=1.0)
