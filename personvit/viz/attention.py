@@ -49,7 +49,7 @@ def render_attention(image: Image.Image, maps: np.ndarray, title: str, height: i
     panels = [draw.titled(shown, ["image"]), draw.titled(draw.heat_overlay(shown, maps.mean(axis=0)), ["mean of heads"])]
     panels += [draw.titled(draw.heat_overlay(shown, m), [f"head {i}"]) for i, m in enumerate(maps)]
     row = draw.hstack(panels)
-    note = "each panel scaled to its own maximum; last-block CLS attention over patches"
+    note = "last-block CLS attention over patches; each panel scaled from its own min to its max"
     bar = draw.colorbar(min(row.width, 360), "low", "high attention")
     return draw.vstack([draw.titled(row, [title], size=15), draw.titled(bar, [note], size=12)])
 

@@ -8,9 +8,11 @@ gallery lists of an evaluation run). Files are named `<kind>_step<S>_<key>.png` 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from personvit.checkpoint import CheckpointError
@@ -54,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     _model_args(p, "train", 32)
     p.add_argument("--k", type=int, default=6, help="number of clusters (default 6)")
     p.add_argument("--show", type=int, default=6, help="images drawn per cluster (default 6)")
+    p.add_argument("--features", choices=["backbone", "head"], default="backbone",
+                   help="cluster the backbone's patch tokens or the projection head's output (pretraining checkpoints)")
     p = sub.add_parser("correspondence", help="mutual nearest-neighbour patch pairs of two images of one person")
     _model_args(p, "train", 1)
     p.add_argument("--top", type=int, default=12, help="pairs drawn (default 12)")
@@ -97,7 +101,23 @@ def _run_model_kind(args: argparse.Namespace, out: Path) -> list[Path]:
     keys = [s.key for s in samples]
     if args.kind == "attention":
         return write_attention(lm.model, x, images, keys, lm.step_tag, out)
-    return [write_patch_clusters(lm.model, x, images, keys, args.k, args.seed, lm.step_tag, out, args.show)]
+    if args.features == "head" and lm.head_mlp is None:
+        raise ValueError(f"{args.ckpt}: the checkpoint's {args.which} has no projection head; use --features backbone")
+    head = lm.head_mlp if args.features == "head" else None
+    return [write_patch_clusters(lm.model, x, images, keys, args.k, args.seed, lm.step_tag, out, args.show, head)]
+
+
+def _features_step_tag(features: str, data: dict) -> str:
+    """`step<S>` from the npz's `step`, else from `results.json` beside it (written by finetune)."""
+    step = data.get("step")
+    if step is None:
+        folder = Path(features) if Path(features).is_dir() else Path(features).parent
+        try:
+            step = json.loads((folder / "results.json").read_text()).get("step")
+        except (OSError, ValueError, AttributeError):
+            step = None
+    return f"step{int(step)}" if isinstance(step, (int, np.integer)) or (
+        isinstance(step, np.ndarray) and step.ndim == 0) else "stepNA"
 
 
 def _run_ranks(args: argparse.Namespace, out: Path) -> list[Path]:
@@ -116,8 +136,7 @@ def _run_ranks(args: argparse.Namespace, out: Path) -> list[Path]:
     q_imgs = load_samples(args.shards, args.query_split, keys=[q_keys[i] for i in queries])
     g_needed = sorted({str(data["g_keys"][g]) for r in lists for g in r.gallery})
     g_imgs = {s.key: s.image for s in load_samples(args.shards, args.gallery_split, keys=g_needed)}
-    step = data.get("step")
-    step_tag = f"step{int(step)}" if step is not None else "stepNA"
+    step_tag = _features_step_tag(args.features, data)
     paths = []
     for r, q in zip(lists, q_imgs):
         gallery = [g_imgs[str(data["g_keys"][g])] for g in r.gallery]

@@ -44,7 +44,10 @@ def colormap(values: np.ndarray) -> np.ndarray:
 
 
 def heat_overlay(image: Image.Image, heat: np.ndarray, alpha: float = 0.6) -> Image.Image:
-    """Blend a [h, w] map (scaled to its own max) over an RGB image, upsampled bilinearly.
+    """Blend a [h, w] map (scaled from its own min to its max) over an RGB image, upsampled bilinearly.
+
+    Min-max scaling shows where a head looks even when its map is nearly flat (untrained models);
+    the absolute level is not shown.
 
     Args:
         image: the RGB panel.
@@ -52,7 +55,8 @@ def heat_overlay(image: Image.Image, heat: np.ndarray, alpha: float = 0.6) -> Im
         alpha: weight of the heat colours.
     """
     heat = np.asarray(heat, dtype=np.float64)
-    heat = heat / heat.max() if heat.max() > 0 else heat
+    span = heat.max() - heat.min()
+    heat = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
     small = Image.fromarray((heat * 255).round().astype(np.uint8), mode="L")
     big = np.asarray(small.resize(image.size, Image.Resampling.BILINEAR), dtype=np.float64) / 255.0
     colours = Image.fromarray(colormap(big), mode="RGB")

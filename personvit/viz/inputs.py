@@ -31,6 +31,7 @@ __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "LoadedModel", "Sample", "load_model
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _ARCH_KEYS = ("patch_size", "embed_dim", "depth", "num_heads")
+_HEAD_PREFIXES = ("head.mlp.", "module.head.mlp.")
 
 
 @dataclass
@@ -39,6 +40,7 @@ class LoadedModel:
 
     model: VisionTransformer
     step: int | None  # optimiser step of the checkpoint (names the output files)
+    head_mlp: torch.nn.Module | None  # the projection head's MLP (pretraining checkpoints), else None
     img_size: tuple[int, int]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -92,7 +94,9 @@ def load_model(
     name = arch or model_cfg.get("arch")
     if not name:
         raise CheckpointError(f"{path}: no config.yaml with model.arch beside it; pass --arch")
-    kw = {k: int(model_cfg[k]) for k in _ARCH_KEYS if model_cfg.get(k)}  # 0 = the arch's default
+    kw: dict[str, float] = {k: int(model_cfg[k]) for k in _ARCH_KEYS if model_cfg.get(k)}  # 0/None = default
+    if model_cfg.get("mlp_ratio"):
+        kw["mlp_ratio"] = float(model_cfg["mlp_ratio"])
     kw.update({k: int(v) for k, v in (overrides or {}).items() if v})
     size = img_size or tuple(data_cfg.get("img_size") or data_cfg.get("global_size") or (256, 128))
     try:
@@ -103,9 +107,33 @@ def load_model(
     load_backbone(model, payload, which=which, strict=True)
     model.eval()
     step = payload.get("step") if isinstance(payload, dict) else None
-    return LoadedModel(model, int(step) if isinstance(step, int) else None, (int(size[0]), int(size[1])),
+    return LoadedModel(model, int(step) if isinstance(step, int) else None, _head_mlp(payload, which),
+                       (int(size[0]), int(size[1])),
                        tuple(mean or data_cfg.get("mean") or IMAGENET_MEAN),
                        tuple(std or data_cfg.get("std") or IMAGENET_STD))
+
+
+def _head_mlp(payload: Any, which: str) -> torch.nn.Module | None:
+    """The DINO/iBOT head's MLP (`head.mlp.{0,2,4}`: Linear, GELU, ...) rebuilt from its weight shapes."""
+    state = payload.get("state", payload) if isinstance(payload, dict) else {}
+    net = state.get(which) if isinstance(state, dict) else None
+    if not isinstance(net, dict):
+        return None
+    weights = {}
+    for key, value in net.items():
+        for prefix in _HEAD_PREFIXES:
+            if key.startswith(prefix):
+                weights[key[len(prefix):]] = value
+    idx = sorted({int(k.split(".")[0]) for k in weights if k.endswith(".weight") and weights[k].ndim == 2})
+    if not idx:
+        return None
+    layers: list[torch.nn.Module] = []
+    for n, i in enumerate(idx):
+        w = weights[f"{i}.weight"]
+        lin = torch.nn.Linear(w.shape[1], w.shape[0])
+        lin.load_state_dict({"weight": w, "bias": weights[f"{i}.bias"]})
+        layers += [lin] if n == len(idx) - 1 else [lin, torch.nn.GELU()]
+    return torch.nn.Sequential(*layers).eval()
 
 
 def to_batch(images: list[Image.Image], lm: LoadedModel) -> tuple[torch.Tensor, list[Image.Image]]:

@@ -20,9 +20,19 @@ __all__ = ["kmeans", "patch_features", "render_clusters"]
 
 
 @torch.no_grad()
-def patch_features(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
-    """L2-normalised patch tokens of the backbone's last layer, [B, N, D] (CLS dropped)."""
-    return torch.nn.functional.normalize(model.forward_features(x)[:, 1:].float(), dim=-1)
+def patch_features(model: VisionTransformer, x: torch.Tensor, head_mlp: torch.nn.Module | None = None) -> torch.Tensor:
+    """L2-normalised patch features, [B, N, D] (CLS dropped).
+
+    Args:
+        model: the backbone; its last-layer normed patch tokens are the features by default.
+        x: normalised images [B, 3, H, W].
+        head_mlp: the projection head's MLP; when given, features are its (bottleneck) output,
+            the space the DINO/iBOT prototypes live in.
+    """
+    tokens = model.forward_features(x)[:, 1:].float()
+    if head_mlp is not None:
+        tokens = head_mlp(tokens)
+    return torch.nn.functional.normalize(tokens, dim=-1)
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 50, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,14 +108,17 @@ def render_clusters(images: list[Image.Image], assign: np.ndarray, k: int, grid:
 
 
 def write_patch_clusters(model: VisionTransformer, x: torch.Tensor, images: list[Image.Image], keys: list[str],
-                         k: int, seed: int, step_tag: str, out_dir: Path, show: int = 6) -> Path:
+                         k: int, seed: int, step_tag: str, out_dir: Path, show: int = 6,
+                         head_mlp: torch.nn.Module | None = None) -> Path:
     """Cluster the patches of all images, draw the first `show` images; returns the PNG path."""
-    feats = patch_features(model, x)
+    feats = patch_features(model, x, head_mlp)
     _, assign = kmeans(feats.reshape(-1, feats.shape[-1]), k, seed=seed)
     assign = assign.reshape(feats.shape[0], feats.shape[1]).numpy()
     grid = model.grid_size(x.shape[-2:])
-    title = f"patch clusters: k={k} over {feats.shape[0]} images x {feats.shape[1]} patches ({step_tag}, seed {seed})"
+    space = "head" if head_mlp is not None else "backbone"
+    title = (f"patch clusters ({space} features): k={k} over {feats.shape[0]} images x {feats.shape[1]} patches "
+             f"({step_tag}, seed {seed})")
     fig = render_clusters(images[:show], assign[:show], k, grid, keys[:show], title)
-    path = draw.output_path(out_dir, "patch-clusters", step_tag, f"k{k}-{len(keys)}imgs-{keys[0]}")
+    path = draw.output_path(out_dir, "patch-clusters", step_tag, f"{space}-k{k}-{len(keys)}imgs-{keys[0]}")
     fig.save(path)
     return path

@@ -86,6 +86,6 @@ def render_ranks(query: Image.Image, gallery: list[Image.Image], ranked: RankedL
         pid = int(data["g_pids"][gi])
         tag = {0: "distractor", -1: "junk"}.get(pid, f"pid {pid}")
         cells.append(panel(gallery[r - 1], draw.GREEN if hit else draw.RED,
-                           [f"#{r}  d={d:.3f}", f"{tag} cam {data['g_camids'][gi]}", str(data["g_keys"][gi])[-14:]]))
+                           [f"#{r}  d={d:.4g}", f"{tag} cam {data['g_camids'][gi]}", str(data["g_keys"][gi])[-14:]]))
     legend = draw.legend([(draw.BLUE, "query"), (draw.GREEN, "same identity"), (draw.RED, "different identity")])
     return draw.vstack([draw.titled(draw.hstack(cells), [title], size=15), legend])

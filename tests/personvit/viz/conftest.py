@@ -15,7 +15,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from personvit.checkpoint import CheckpointManager
-from personvit.models import build_vit
+from personvit.models import DINOHead, MultiCropWrapper, build_vit
 
 TINY = {"arch": "vit_tiny", "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
 IMG_SIZE = (64, 32)
@@ -78,9 +78,12 @@ def pretrain_run(tmp_path_factory) -> Path:
     """A run folder as pretraining leaves it: config.yaml + a checkpoint with teacher/student."""
     run = tmp_path_factory.mktemp("pretrain_run")
     (run / "config.yaml").write_text(yaml.safe_dump({"model": dict(TINY), "data": {"img_size": list(IMG_SIZE)}}))
-    teacher, student = tiny_model(0), tiny_model(1)
-    state = {name: {f"backbone.{k}": v for k, v in m.state_dict().items()}
-             for name, m in (("teacher", teacher), ("student", student))}
-    state["teacher"]["head.last_layer.weight"] = torch.zeros(4, 4)  # heads are skipped by the loader
+    state = {name: MultiCropWrapper(tiny_model(seed), tiny_head(seed)).state_dict()
+             for name, seed in (("teacher", 0), ("student", 1))}
     CheckpointManager(run / "checkpoints").save(state, step=7, epoch=1)
     return run
+
+
+def tiny_head(seed: int = 0) -> DINOHead:
+    torch.manual_seed(100 + seed)
+    return DINOHead(TINY["embed_dim"], out_dim=16, patch_out_dim=16, hidden_dim=24, bottleneck_dim=8)

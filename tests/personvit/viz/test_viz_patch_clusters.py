@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from personvit.viz.cli import main
-from personvit.viz.patch_clusters import kmeans
+from personvit.viz.inputs import load_model
+from personvit.viz.patch_clusters import kmeans, patch_features
 
 
 def blobs(seed=0, k=4, per=30, dim=8):
@@ -47,7 +48,7 @@ def test_cli_figure(pretrain_run, shard_set, tmp_path):
     args = ["patch-clusters", "--ckpt", str(pretrain_run), "--shards", str(shard_set), "--num", "12",
             "--k", "3", "--show", "4", "--out", str(tmp_path)]
     assert main(args) == 0
-    (path,) = tmp_path.glob("patch-clusters_step7_k3-12imgs-*.png")
+    (path,) = tmp_path.glob("patch-clusters_step7_backbone-k3-12imgs-*.png")
     with Image.open(path) as im:
         arr = np.asarray(im.convert("RGB"))
     # 3 cluster rows of 192 px panels, 4 image columns of 96 px.
@@ -58,3 +59,16 @@ def test_cli_figure(pretrain_run, shard_set, tmp_path):
     again = tmp_path / "again"
     assert main(args[:-1] + [str(again)]) == 0
     assert (again / path.name).read_bytes() == path.read_bytes()
+
+
+def test_head_features_are_the_checkpoint_heads_projection(pretrain_run, shard_set, tmp_path):
+    from conftest import IMG_SIZE, tiny_head, tiny_model
+
+    lm = load_model(pretrain_run)
+    x = torch.randn(2, 3, *IMG_SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = tiny_head(0).project(tiny_model(0).forward_features(x)[:, 1:])
+    torch.testing.assert_close(patch_features(lm.model, x, lm.head_mlp), expected)
+    assert main(["patch-clusters", "--ckpt", str(pretrain_run), "--shards", str(shard_set), "--num", "6",
+                 "--k", "2", "--features", "head", "--out", str(tmp_path)]) == 0
+    assert len(list(tmp_path.glob("patch-clusters_step7_head-k2-6imgs-*.png"))) == 1

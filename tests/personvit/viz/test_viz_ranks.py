@@ -26,7 +26,7 @@ def split_meta(shard_set, split):
     return np.array(keys), np.array(pids), np.array(cams)
 
 
-def write_features(shard_set, path, seed=0):
+def write_features(shard_set, path, seed=0, step=42):
     rng = np.random.default_rng(seed)
     q_keys, q_pids, q_cams = split_meta(shard_set, "query")
     g_keys, g_pids, g_cams = split_meta(shard_set, "gallery")
@@ -34,7 +34,7 @@ def write_features(shard_set, path, seed=0):
     np.savez(path, q_feats=(centres[q_pids] + rng.normal(size=(len(q_pids), 16))).astype(np.float32),
              g_feats=(centres[g_pids] + rng.normal(size=(len(g_pids), 16))).astype(np.float32),
              q_pids=q_pids, g_pids=g_pids, q_camids=q_cams, g_camids=g_cams, q_keys=q_keys, g_keys=g_keys,
-             step=np.int64(42))
+             **({} if step is None else {"step": np.int64(step)}))
     return path
 
 
@@ -69,3 +69,12 @@ def test_cli_writes_one_png_per_query(shard_set, tmp_path):
     assert green.sum() > 100 or red.sum() > 100  # coloured frames are drawn
     assert main(["ranks", "--features", str(feats), "--shards", str(shard_set), "--queries", "zzz",
                  "--out", str(tmp_path / "viz")]) == 2
+
+
+def test_step_from_results_json_when_features_lack_it(shard_set, tmp_path):
+    write_features(shard_set, tmp_path / "features.npz", step=None)
+    (tmp_path / "results.json").write_text(json.dumps({"mAP": 0.5, "step": 5}))
+    assert main(["ranks", "--features", str(tmp_path), "--shards", str(shard_set), "--num", "2",
+                 "--out", str(tmp_path / "viz")]) == 0
+    names = sorted(p.name for p in (tmp_path / "viz").glob("*.png"))
+    assert len(names) == 2 and all(n.startswith("ranks_step5_") for n in names)
