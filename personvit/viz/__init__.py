@@ -1,0 +1,1 @@
+"""Visual analysis (`personvit visualize`): attention maps, patch clusters, correspondences, ranked lists."""
