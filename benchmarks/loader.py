@@ -10,6 +10,8 @@ machine inflate them less than wall time would:
 - ours, worker side: `PretrainLoader` with 0 workers over tar shards packed by `shard_tools pack`
   (tar read, decode, crop+resize to uint8, parameter draws, block masks, collate): what a DataLoader
   worker spends per image when the photometric work runs batched on the GPU;
+- ours with 2 DataLoader workers (CPU of the main process + the joined workers: adds the IPC of
+  the uint8 batches), and with reduced-scale JPEG decoding switched off;
 - ours, everything on CPU: the same plus `batch.views("cpu")` (the batched photometric ops on CPU),
   the honest number for a machine without GPU.
 
@@ -24,12 +26,15 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import platform
 import random
+import resource
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -125,13 +130,19 @@ def run_baseline(jpegs: list[bytes], cfg: PretrainDataConfig) -> float:
 
 # --------------------------------------------------------------------------- ours
 
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def run_ours(cfg: PretrainDataConfig, with_views: bool) -> float:
+    """CPU seconds of one epoch: this process plus DataLoader workers (counted once they are joined)."""
     loader = PretrainLoader(cfg, seed=0, rank=0, world_size=1)
-    t0 = time.process_time()
+    t0, c0 = time.process_time(), _children_cpu()
     for batch in loader.iter_epoch(0):
         if with_views:
             batch.views("cpu")
-    return time.process_time() - t0
+    return time.process_time() - t0 + _children_cpu() - c0
 
 
 def breakdown(jpegs: list[bytes], cfg: PretrainDataConfig) -> dict[str, float]:
@@ -178,21 +189,30 @@ def main(argv: list[str] | None = None) -> int:
         pack("luperson", src, Path(tmp) / "shards", maxcount=128, progress=False)
         cfg = PretrainDataConfig(shards=str(Path(tmp) / "shards"), batch_size_per_rank=args.batch, num_workers=0)
         n = (args.images // args.batch) * args.batch
-        times: dict[str, list[float]] = {"baseline": [], "ours_worker": [], "ours_cpu_all": []}
+        runs = {
+            "baseline": lambda: run_baseline(jpegs[:n], cfg),
+            "ours_worker": lambda: run_ours(cfg, with_views=False),
+            "ours_worker_2proc": lambda: run_ours(replace(cfg, num_workers=2), with_views=False),
+            "ours_worker_nodraft": lambda: run_ours(replace(cfg, decode_draft=False), with_views=False),
+            "ours_cpu_all": lambda: run_ours(cfg, with_views=True),
+        }
+        times: dict[str, list[float]] = {k: [] for k in runs}
         for _ in range(args.repeats):  # interleaved, so load from other users hits all alike
-            times["baseline"].append(run_baseline(jpegs[:n], cfg))
-            times["ours_worker"].append(run_ours(cfg, with_views=False))
-            times["ours_cpu_all"].append(run_ours(cfg, with_views=True))
+            for k, fn in runs.items():
+                times[k].append(fn())
         stages = breakdown(jpegs[:n], cfg)
 
     rate = {k: n / statistics.median(v) for k, v in times.items()}
     labels = {
         "baseline": "torchvision DINO multi-crop + masks",
         "ours_worker": "ours, worker side (photometric on GPU)",
+        "ours_worker_2proc": "  same, 2 DataLoader workers (+ IPC)",
+        "ours_worker_nodraft": "  same, full-size JPEG decode",
         "ours_cpu_all": "ours, all on CPU (views on CPU)",
     }
-    print(f"{n} images, height {args.min_h}-{args.max_h}, batch {args.batch}, 1 thread, median of {args.repeats}")
-    print(f"{'pipeline':42s} {'img/s/core':>10s} {'ms/img':>7s} {'vs base':>8s} {'cores/A100':>10s}")
+    print(f"{n} images, height {args.min_h}-{args.max_h}, batch {args.batch}, 1 thread, median of {args.repeats}, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"{'pipeline (CPU time)':42s} {'img/s/core':>10s} {'ms/img':>7s} {'vs base':>8s} {'cores/A100':>10s}")
     for k, r in rate.items():
         print(f"{labels[k]:42s} {r:10.1f} {1e3 / r:7.2f} {r / rate['baseline']:7.2f}x {GPU_IMG_S / r:10.1f}")
     print("worker-side stages (us/img): " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()))
@@ -201,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "loader",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__,
-                    "cpu_threads": 1},
+                    "cpu_threads": 1, "cpus": os.cpu_count(), "load_avg_1_5_15": os.getloadavg()},
         "args": vars(args),
         "images": n,
         "seconds": times,

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from PIL import UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from personvit.config.data import PretrainDataConfig
@@ -64,7 +64,8 @@ class _EpochBatches(IterableDataset):
         finally:
             reader.close()
 
-    def _sample(self, position: int, image, key: str) -> SampleViews:
+    def _sample(self, position: int, image: tuple[Image.Image, tuple[int, int]], key: str) -> SampleViews:
+        """Crops, photometric parameters and masks of one decoded sample, each from its own stream."""
         cfg, seed, epoch = self.cfg, self.seed, self.epoch
         img, orig_hw = image
         crops = multicrop(img, orig_hw, numpy_rng(seed, Stream.CROP, epoch, position), self.specs)
@@ -78,6 +79,7 @@ class _EpochBatches(IterableDataset):
         return SampleViews(key, crops, photometric, masks)
 
     def _batch(self, b: int, order: EpochOrder, reader: ShardReader) -> PretrainBatch:
+        """Batch `b`: read and decode its positions, refill corrupt slots, build and collate views."""
         bs = self.cfg.batch_size_per_rank
         positions = range(self.first + b * bs, self.first + (b + 1) * bs)
         keys, images, corrupt = [], [], []

@@ -25,6 +25,7 @@ import numpy as np
 from personvit.rng import Stream, numpy_rng
 
 MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "personvit-shards/1"  # shard_tools/manifest.py documents the layout
 
 
 class ShardError(ValueError):
@@ -46,20 +47,6 @@ class ShardInfo:
     num_samples: int
 
 
-def _shard_entries(manifest: dict, split: str, path: Path) -> list[dict]:
-    # Accept `{"splits": {split: {"shards": [...]}}}`, `{"splits": {split: [...]}}` and
-    # `{split: [...]}`: the layout is shard_tools' to define; the per-shard fields are what we need.
-    node = manifest.get("splits", manifest)
-    if split not in node:
-        raise ShardError(f"{path}: no split '{split}' (splits: {', '.join(sorted(node)) or 'none'})")
-    node = node[split]
-    if isinstance(node, dict):
-        node = node.get("shards")
-    if not isinstance(node, list):
-        raise ShardError(f"{path}: split '{split}' has no list of shards")
-    return node
-
-
 def read_manifest(root: str | Path, split: str = "train") -> list[ShardInfo]:
     """The shards of one split, in manifest order.
 
@@ -77,10 +64,15 @@ def read_manifest(root: str | Path, split: str = "train") -> list[ShardInfo]:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ShardError(f"{path}: invalid JSON ({e.msg}, line {e.lineno})") from None
+    fmt = manifest.get("format") if isinstance(manifest, dict) else None
+    if fmt != MANIFEST_FORMAT:
+        raise ShardError(f"{path}: format {fmt!r}, expected {MANIFEST_FORMAT!r} (written by shard-tools pack)")
+    splits = manifest.get("splits", {})
+    if split not in splits:
+        raise ShardError(f"{path}: no split '{split}' (splits: {', '.join(sorted(splits)) or 'none'})")
     shards = []
-    for entry in _shard_entries(manifest, split, path):
-        name = entry.get("name") or entry.get("shard") or entry.get("file")
-        count = next((entry[k] for k in ("samples", "num_samples", "count") if k in entry), None)
+    for entry in splits[split].get("shards", []):
+        name, count = entry.get("name"), entry.get("samples")
         if not isinstance(name, str) or not isinstance(count, int):
             raise ShardError(f"{path}: shard entry without a name and a sample count: {entry!r}")
         shard_path = root / name

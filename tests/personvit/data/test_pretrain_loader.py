@@ -160,6 +160,12 @@ def test_bad_shard_sets_give_one_line_errors(tmp_path):
     (root / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ShardError, match="train-000001.tar: manifest lists 7 samples, the tar holds 6"):
         list(PretrainLoader(tiny_cfg(root, batch_size_per_rank=12), seed=0, rank=0, world_size=1).iter_epoch(0))
+    (root / "train-000001.tar").unlink()
+    with pytest.raises(ShardError, match="listed shard train-000001.tar is missing"):
+        PretrainLoader(tiny_cfg(root), seed=0, rank=0, world_size=1)
+    (root / "manifest.json").write_text(json.dumps({"splits": {}}))
+    with pytest.raises(ShardError, match="format None, expected 'personvit-shards/1'"):
+        PretrainLoader(tiny_cfg(root), seed=0, rank=0, world_size=1)
 
 
 _DDP_SCRIPT = textwrap.dedent(
@@ -210,3 +216,15 @@ def test_equal_batch_counts_per_rank_with_uneven_shards_under_gloo(tmp_path):
     assert [r["steps"] for r in results] == [[9, 9], [9, 9]]
     keys0, keys1 = set(results[0]["keys"]), set(results[1]["keys"])
     assert len(keys0) == len(keys1) == 2 * 9 * 8 and not keys0 & keys1
+
+
+def test_resume_skips_by_index_without_decoding_skipped_samples(tmp_path):
+    root = write_shards(tmp_path / "bad", corrupt=frozenset({"img00042"}))
+    tolerant = PretrainLoader(tiny_cfg(root, max_corrupt=1), seed=2, rank=0, world_size=1)
+    where = next(b.index for b in tolerant.iter_epoch(0) if b.corrupt)
+    assert where + 1 < tolerant.batches_per_epoch
+    strict = PretrainLoader(tiny_cfg(root, max_corrupt=0, num_workers=2), seed=2, rank=0, world_size=1)
+    with pytest.raises(CorruptDataError, match="img00042"):
+        list(strict.iter_epoch(0))
+    resumed = list(strict.iter_epoch(0, start_batch=where + 1))  # the corrupt sample is never decoded
+    assert len(resumed) == strict.batches_per_epoch - where - 1 and strict.corrupt_skipped == 1
