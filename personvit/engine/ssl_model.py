@@ -45,12 +45,13 @@ def build_student_teacher(
     """
     state = torch.get_rng_state()
     try:
-        # Weight init draws from torch's global generator: pin it so every rank builds the same net.
+        # Weight init draws from torch's global generator: pin it so every rank builds the same net,
+        # and restore it so building has no side effect on later draws.
         torch.manual_seed(derive_seed(seed, Stream.INIT))
         student = _build(cfg, img_size, cfg.drop_path_rate)
+        teacher = _build(cfg, img_size, 0.0)
     finally:
         torch.set_rng_state(state)
-    teacher = _build(cfg, img_size, 0.0)
     teacher.load_state_dict(student.state_dict())
     for p in teacher.parameters():
         p.requires_grad_(False)

@@ -1,0 +1,180 @@
+"""Run a CLI command, SIGKILL it at a chosen point, rerun the same command: the exact-resume harness.
+
+Used by the pretraining and fine-tuning exactness tests::
+
+    attempts = kill_and_resume(cmd, [metrics_step_reached(run / "metrics.jsonl", 7),
+                                     checkpoint_step_reached(run / "checkpoints", 20)], env=env)
+    assert [a.killed for a in attempts] == [True, True, False]
+
+Each command runs in its own session, so the SIGKILL reaches the whole process tree at once
+(torchrun and its workers, DataLoader workers): nothing gets to clean up, as with a node failure or
+`scancel -s KILL`. Triggers are polled predicates on files the run writes; the kill lands wherever
+the run is at that moment (mid-step, mid-checkpoint-write, ...), which is the point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "Attempt",
+    "checkpoint_step_reached",
+    "kill_and_resume",
+    "metrics_step_reached",
+    "run_once",
+]
+
+Trigger = Callable[[], bool]
+
+
+@dataclass
+class Attempt:
+    """One launch of the command.
+
+    Attributes:
+        killed: the trigger fired and the process tree was SIGKILLed.
+        returncode: exit status (negative signal number when killed).
+        seconds: wall time of the launch.
+        output: combined stdout + stderr.
+    """
+
+    killed: bool
+    returncode: int
+    seconds: float
+    output: str
+
+
+def _last_json_line(path: Path) -> dict | None:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue  # a line cut short while being written
+    return None
+
+
+def metrics_step_reached(path: str | Path, step: int) -> Trigger:
+    """Fires once the last complete line of `metrics.jsonl` has `"step" >= step`."""
+    path = Path(path)
+
+    def fired() -> bool:
+        row = _last_json_line(path)
+        return row is not None and int(row.get("step", -1)) >= step
+
+    fired.__name__ = f"metrics_step>={step}"
+    return fired
+
+
+def checkpoint_step_reached(ckpt_dir: str | Path, step: int) -> Trigger:
+    """Fires once a committed checkpoint (`ckpt-NNNNNNNNN.commit`) of step >= `step` exists."""
+    ckpt_dir = Path(ckpt_dir)
+
+    def fired() -> bool:
+        try:
+            names = [p.name for p in ckpt_dir.glob("ckpt-*.commit")]
+        except OSError:
+            return False
+        return any(int(n[5:14]) >= step for n in names)
+
+    fired.__name__ = f"checkpoint_step>={step}"
+    return fired
+
+
+def run_once(
+    cmd: Sequence[str],
+    trigger: Trigger | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+    timeout: float = 300.0,
+    poll_s: float = 0.01,
+) -> Attempt:
+    """Launch `cmd`; SIGKILL its whole process group as soon as `trigger()` is true.
+
+    Args:
+        cmd: the command line.
+        trigger: predicate polled every `poll_s`; None = run to completion.
+        env: environment (default: inherited).
+        cwd: working directory.
+        timeout: the launch is killed and an AssertionError raised past this many seconds.
+        poll_s: polling period.
+    """
+    t0 = time.monotonic()
+    log_path = Path(cwd or ".") / f".kill_resume_{os.getpid()}_{time.monotonic_ns()}.log"
+    with open(log_path, "w+b") as log:
+        proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, env=dict(env) if env else None,
+                                cwd=cwd, start_new_session=True)
+        killed = False
+        try:
+            while proc.poll() is None:
+                if time.monotonic() - t0 > timeout:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    log.seek(0)
+                    raise AssertionError(f"{' '.join(cmd)} ran past {timeout:.0f} s:\n{log.read().decode()[-4000:]}")
+                if trigger is not None and trigger():
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    killed = True
+                    break
+                time.sleep(poll_s)
+            proc.wait()
+        finally:
+            if proc.poll() is None:  # an exception above: never leave a tree running
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        # Reap whatever else was in the session (e.g. a worker that outlived torchrun).
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        log.seek(0)
+        output = log.read().decode(errors="replace")
+    log_path.unlink(missing_ok=True)
+    return Attempt(killed, proc.returncode, time.monotonic() - t0, output)
+
+
+def kill_and_resume(
+    cmd: Sequence[str],
+    triggers: Sequence[Trigger],
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+    timeout: float = 300.0,
+) -> list[Attempt]:
+    """Run `cmd` once per trigger, SIGKILLed when it fires, then once more to completion.
+
+    Every launch is the same command line: resuming must need no flag.
+
+    Args:
+        cmd: the command line.
+        triggers: kill points, in order (later ones should lie further into the run).
+        env, cwd, timeout: as `run_once`, per launch.
+    Returns:
+        The attempts; the last one ran to completion (check its `returncode`).
+    Raises:
+        AssertionError: a launch exited non-zero without being killed, or a trigger never fired
+            because the run finished first (the kill point was past the end of the run).
+    """
+    attempts = []
+    for trigger in triggers:
+        attempt = run_once(cmd, trigger, env, cwd, timeout)
+        attempts.append(attempt)
+        if not attempt.killed:
+            raise AssertionError(
+                f"trigger {getattr(trigger, '__name__', trigger)} never fired; the run exited with "
+                f"{attempt.returncode}:\n{attempt.output[-4000:]}"
+            )
+    final = run_once(cmd, None, env, cwd, timeout)
+    attempts.append(final)
+    if final.returncode != 0:
+        raise AssertionError(f"resumed run exited with {final.returncode}:\n{final.output[-4000:]}")
+    return attempts
