@@ -34,6 +34,9 @@ def test_named_sizes_have_timm_keys_and_shapes(name):
     dim, _, heads = VIT_ARCHS[name]
     assert ours.embed_dim == dim and ours.patch_size == 16 and ours.blocks[0].attn.num_heads == heads
     assert len(build_vit(name).blocks) == 12
+    with torch.no_grad():
+        for img_hw, tokens in (((256, 128), 129), ((96, 64), 25)):
+            assert ours.eval()(torch.randn(1, 3, *img_hw)).shape == (1, tokens, dim)
 
 
 @pytest.mark.parametrize("img_hw", [(256, 128), (96, 64), (128, 64), (224, 224), (64, 128), (16, 16)])
