@@ -169,6 +169,12 @@ def model_arch(model: ReIDModelConfig, img_size: Sequence[int]) -> dict[str, Any
     return {"arch": model.arch, "img_size": [int(img_size[0]), int(img_size[1])], **model.overrides()}
 
 
+def init_checkpoint(init: str) -> Path:
+    """The file behind `model.init`: a checkpoint file as is, a run / checkpoint folder's latest checkpoint."""
+    path = Path(init).expanduser()
+    return resolve_checkpoint_path(path) if path.is_dir() else path
+
+
 def build_eval_model(cfg: EvaluateConfig) -> tuple[ReIDModel, str]:
     """The model to evaluate and a description of its weights.
 
@@ -193,7 +199,7 @@ def build_eval_model(cfg: EvaluateConfig) -> tuple[ReIDModel, str]:
     model = build_reid_model(cfg.model.arch, tuple(cfg.data.img_size), 0, attn_backend=cfg.model.attn_backend,
                              overrides=cfg.model.overrides())
     if cfg.model.init:
-        load_backbone(model.backbone, cfg.model.init, which="teacher", strict=cfg.model.init_strict)
+        load_backbone(model.backbone, init_checkpoint(cfg.model.init), which="teacher", strict=cfg.model.init_strict)
         return model, cfg.model.init
     log.warning("no weights and no model.init: evaluating a randomly initialised backbone")
     return model, "random-init"

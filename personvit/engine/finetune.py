@@ -29,7 +29,7 @@ from personvit.data.reid_transforms import TrainTransform
 from personvit.data.samplers import KeyBatchSampler, PKSampler
 from personvit.data.shards import ShardError
 from personvit.distributed import DistInfo, barrier, init_distributed
-from personvit.engine.evaluate import EvaluationError, evaluate_model, model_arch, parse_args
+from personvit.engine.evaluate import EvaluationError, evaluate_model, init_checkpoint, model_arch, parse_args
 from personvit.engine.schedules import cosine_schedule
 from personvit.losses.triplet import batch_hard_triplet_loss
 from personvit.models.loading import load_backbone
@@ -116,7 +116,7 @@ class Finetuner:
         self.model = build_reid_model(m.arch, tuple(d.img_size), len(self.pids), m.drop_path_rate, m.attn_backend,
                                       m.classifier_std, m.overrides()).to(self.device)
         if m.init:
-            load_backbone(self.model.backbone, m.init, which="teacher", strict=m.init_strict)
+            load_backbone(self.model.backbone, init_checkpoint(m.init), which="teacher", strict=m.init_strict)
         self.lr = t.base_lr * self.sampler.batch_size / t.lr_ref_batch
         self.lrs = epoch_lrs(self.lr, t)
         self.optimizer = build_optimizer(self.model, t, self.lr)

@@ -1,0 +1,74 @@
+"""Fine-tuning set-up without training: init from a pretraining teacher, optimiser groups, lr per epoch,
+and resume refusing a checkpoint it cannot continue exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from personvit.checkpoint import CheckpointError, CheckpointManager
+from personvit.config.core import load_config
+from personvit.config.finetune import FinetuneConfig, FinetuneTrainConfig
+from personvit.distributed import DistInfo
+from personvit.engine.finetune import Finetuner, epoch_lrs
+from personvit.models.vit import build_vit
+from tests.support.reid_data import SMALL, TINY_CONFIG, reid_shards
+
+SINGLE = DistInfo(0, 1, 0, torch.device("cpu"), None)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return reid_shards(tmp_path_factory)
+
+
+def _cfg(shards: Path, run_dir: Path, *overrides: str) -> FinetuneConfig:
+    return load_config(FinetuneConfig, TINY_CONFIG, [f"data.shards={shards}", f"run.dir={run_dir}", *SMALL, *overrides])
+
+
+def test_backbone_starts_from_the_teacher_not_the_student(shards: Path, tmp_path: Path) -> None:
+    torch.manual_seed(7)
+    teacher = build_vit("vit_tiny", (32, 16), patch_size=4, embed_dim=64, depth=2, num_heads=2)
+    student = build_vit("vit_tiny", (32, 16), patch_size=4, embed_dim=64, depth=2, num_heads=2)
+    wrap = lambda m: {**{f"backbone.{k}": v for k, v in m.state_dict().items()}, "head.last_layer.weight": torch.ones(3)}  # noqa: E731
+    CheckpointManager(tmp_path / "pre" / "checkpoints").save({"student": wrap(student), "teacher": wrap(teacher)}, 5, 1)
+    tuner = Finetuner(_cfg(shards, tmp_path / "ft", f"model.init={tmp_path / 'pre'}"), SINGLE, tmp_path / "ft")
+    got = tuner.model.backbone.state_dict()
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(got[k], v), k
+    assert tuner.model.classifier.out_features == 20  # train identities of the synthetic set
+
+
+def test_optimizer_groups_and_scaled_lr(shards: Path, tmp_path: Path) -> None:
+    tuner = Finetuner(_cfg(shards, tmp_path / "ft", "train.base_lr=0.04", "train.lr_ref_batch=64"), SINGLE, tmp_path / "ft")
+    assert tuner.lr == pytest.approx(0.04 * 32 / 64), "lr scales linearly with the PK batch (8 ids x 4)"
+    weights, biases = tuner.optimizer.param_groups
+    names = {id(p): n for n, p in tuner.model.named_parameters()}
+    assert all(names[id(p)].endswith("bias") for p in biases["params"])
+    assert not any(names[id(p)].endswith("bias") for p in weights["params"])
+    frozen = {"bottleneck.bias", "backbone.masked_embed"}
+    assert frozen.isdisjoint(names[id(p)] for g in (weights, biases) for p in g["params"])
+    assert (weights["lr_factor"], biases["lr_factor"], weights["momentum"]) == (1.0, 2.0, 0.9)
+
+
+def test_epoch_lrs_follow_the_recipe() -> None:
+    t = FinetuneTrainConfig()  # 120 epochs, 20 warmup from 0.01 x lr, floor 0.002 x lr
+    lrs = epoch_lrs(4e-4, t)
+    assert len(lrs) == 120 and lrs[0] == pytest.approx(4e-6)
+    assert np.all(np.diff(lrs[:20]) > 0) and lrs[19] == pytest.approx(4e-4)
+    assert np.all(np.diff(lrs[20:]) < 0) and 0.002 * 4e-4 < lrs[-1] < 0.01 * 4e-4
+    short = epoch_lrs(0.1, FinetuneTrainConfig(epochs=3, warmup_epochs=20))
+    assert len(short) == 3 and np.all(np.diff(short) > 0), "a run shorter than the warmup only warms up"
+
+
+def test_resume_refuses_another_world_size(shards: Path, tmp_path: Path) -> None:
+    cfg = _cfg(shards, tmp_path / "ft")
+    tuner = Finetuner(cfg, SINGLE, tmp_path / "ft")
+    state = tuner.state()
+    state["world_size"] = 2
+    tuner.ckpt.save(state, step=3, epoch=0)
+    with pytest.raises(CheckpointError, match="world size 2"):
+        Finetuner(cfg, SINGLE, tmp_path / "ft").resume()
