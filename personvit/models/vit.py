@@ -105,7 +105,8 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.pos_grid[0] * self.pos_grid[1], embed_dim))
         self.masked_embed = nn.Parameter(torch.zeros(1, embed_dim))
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        # Python floats, not torch.linspace: building under torch.device('meta') must work too.
+        rates = [drop_path_rate * i / max(1, depth - 1) for i in range(depth)]
         self.blocks = nn.Sequential(
             *[
                 Block(

@@ -33,7 +33,12 @@ def test_named_sizes_have_timm_keys_and_shapes(name):
     assert all(ours_sd[k].shape == ref_sd[k].shape for k in ref_sd)
     dim, _, heads = VIT_ARCHS[name]
     assert ours.embed_dim == dim and ours.patch_size == 16 and ours.blocks[0].attn.num_heads == heads
-    assert len(build_vit(name).blocks) == 12
+    with torch.device("meta"):  # full depth without paying for the weights
+        full = build_vit(name)
+    n_params = sum(p.numel() for p in full.parameters())
+    assert len(full.blocks) == 12 and n_params == 12 * sum(
+        p.numel() for p in ours.blocks[0].parameters()
+    ) + sum(p.numel() for n, p in ours.named_parameters() if not n.startswith("blocks."))
     with torch.no_grad():
         for img_hw, tokens in (((256, 128), 129), ((96, 64), 25)):
             assert ours.eval()(torch.randn(1, 3, *img_hw)).shape == (1, tokens, dim)
