@@ -30,7 +30,9 @@ __all__ = ["CorruptDataError", "PretrainBatch", "PretrainLoader"]
 
 log = logging.getLogger(__name__)
 
-_DECODE_ERRORS = (OSError, ValueError, UnidentifiedImageError, SyntaxError)
+# What PIL raises for bad bytes: truncated/garbled data (OSError, SyntaxError from some plugins),
+# unknown formats, absurd sizes (DecompressionBombError is not an OSError).
+_DECODE_ERRORS = (OSError, ValueError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError)
 
 
 class CorruptDataError(RuntimeError):
