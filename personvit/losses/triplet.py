@@ -45,7 +45,9 @@ def hard_example_mining(dist: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     return d_ap, d_an
 
 
-def batch_hard_triplet_loss(feats: torch.Tensor, labels: torch.Tensor, margin: float | None = None) -> torch.Tensor:
+def batch_hard_triplet_loss(
+    feats: torch.Tensor, labels: torch.Tensor, margin: float | None = None
+) -> torch.Tensor:
     """Batch-hard triplet loss, soft margin by default.
 
     Args:

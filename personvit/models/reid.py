@@ -56,9 +56,15 @@ class ReIDModel(nn.Module):
         return feat, self.classifier(self.bottleneck(feat))
 
 
-def build_reid_model(arch: str, img_size: tuple[int, int], num_classes: int, drop_path_rate: float = 0.0,
-                     attn_backend: str = "auto", classifier_std: float = 0.001,
-                     overrides: Mapping[str, int] | None = None) -> ReIDModel:
+def build_reid_model(
+    arch: str,
+    img_size: tuple[int, int],
+    num_classes: int,
+    drop_path_rate: float = 0.0,
+    attn_backend: str = "auto",
+    classifier_std: float = 0.001,
+    overrides: Mapping[str, int] | None = None,
+) -> ReIDModel:
     """Build a ReID model with a freshly initialised backbone.
 
     Args:
@@ -70,8 +76,13 @@ def build_reid_model(arch: str, img_size: tuple[int, int], num_classes: int, dro
         classifier_std: classifier init std.
         overrides: architecture overrides for `build_vit` (tiny test models).
     """
-    backbone = build_vit(arch, img_size=img_size, attn_backend=attn_backend, drop_path_rate=drop_path_rate,
-                         **dict(overrides or {}))
+    backbone = build_vit(
+        arch,
+        img_size=img_size,
+        attn_backend=attn_backend,
+        drop_path_rate=drop_path_rate,
+        **dict(overrides or {}),
+    )
     return ReIDModel(backbone, num_classes, classifier_std)
 
 
@@ -88,10 +99,14 @@ def load_reid_weights(model: ReIDModel, state: Mapping[str, torch.Tensor], sourc
     own = model.state_dict()
     for k, v in keep.items():
         if k in own and own[k].shape != v.shape:
-            raise CheckpointError(f"{source}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}"
-                                  " (check model.arch / the architecture overrides)")
+            raise CheckpointError(
+                f"{source}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}"
+                " (check model.arch / the architecture overrides)"
+            )
     result = model.load_state_dict(keep, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith("classifier.")]
     if missing or result.unexpected_keys:
-        raise CheckpointError(f"{source}: not a ReID model of this architecture (missing {missing[:4]}, "
-                              f"unexpected {list(result.unexpected_keys)[:4]})")
+        raise CheckpointError(
+            f"{source}: not a ReID model of this architecture (missing {missing[:4]}, "
+            f"unexpected {list(result.unexpected_keys)[:4]})"
+        )

@@ -13,8 +13,10 @@ from personvit.losses.triplet import batch_hard_triplet_loss, euclidean_dist, ha
 def _reference(feats: torch.Tensor, labels: torch.Tensor, margin: float | None) -> float:
     n, total = feats.shape[0], 0.0
     for a in range(n):
-        d = [math.sqrt(max(sum((x - y) ** 2 for x, y in zip(feats[a].tolist(), feats[j].tolist())), 1e-12))
-             for j in range(n)]
+        d = [
+            math.sqrt(max(sum((x - y) ** 2 for x, y in zip(feats[a].tolist(), feats[j].tolist())), 1e-12))
+            for j in range(n)
+        ]
         d_ap = max(d[j] for j in range(n) if labels[j] == labels[a])
         d_an = min(d[j] for j in range(n) if labels[j] != labels[a])
         total += math.log1p(math.exp(d_ap - d_an)) if margin is None else max(0.0, margin + d_ap - d_an)
