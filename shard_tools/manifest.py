@@ -1,5 +1,18 @@
 """The shard set's manifest, the per-shard journal that makes packing resumable, and their merge.
 
+A shard set is a folder of `{split}-NNNNNN.tar` files and `manifest.json`:
+
+    {"format": "personvit-shards/1", "tool": "shard_tools 0.1.0",
+     "source": "market1501", "source_root": "/abs/path", "options": {maxcount, fraction, ...},
+     "splits": {"train": {"samples", "bytes", "jpeg_bytes", "num_shards", "num_ids", "num_cams",
+                          "shards": [{"name", "samples", "bytes", "sha256"}, ...]}, ...},
+     "dropped": {"junk (pid -1)": 2, ...}, "num_skipped": 1,
+     "skipped": [{"split", "path", "reason"}, ...]}
+
+Each sample is two tar members `KEY.jpg` (the source bytes, unchanged) and `KEY.json`
+(`{"camid", "dataset", "path", "pid"}`, path relative to the source root; pid/camid -1 when
+unlabeled). `num_ids` counts pids >= 0 (Market distractors, pid 0, count as one id).
+
 While packing, every finished shard gets a journal entry `OUT/.pack/shards/<name>.json` (written
 after the shard's rename, atomically), and every task writes the same `OUT/.pack/plan.json`.
 `merge` turns plan + journal into `manifest.json` once every planned shard is there; it runs

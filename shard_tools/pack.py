@@ -29,9 +29,13 @@ MAX_SKIPS_LOGGED = 20
 
 
 def sample_json(source: str, pid: int, camid: int, path: str) -> bytes:
-    """The `json` member: compact and key-sorted, so identical samples give identical bytes."""
-    return json.dumps({"camid": camid, "dataset": source, "path": path, "pid": pid},
-                      sort_keys=True, separators=(",", ":")).encode()
+    """The `json` member: compact and key-sorted, so identical samples give identical bytes.
+
+    Formatted directly (json.dumps of a dict costs ~10 us, a tenth of the per-image budget);
+    equal to `json.dumps(..., sort_keys=True, separators=(",", ":"))`.
+    """
+    return (f'{{"camid":{int(camid)},"dataset":{json.dumps(source)},"path":{json.dumps(path)},'
+            f'"pid":{int(pid)}}}').encode()
 
 
 def write_shard(source: Source, shard: ShardPlan, out: Path, decode_check: bool, fingerprint: str) -> dict:

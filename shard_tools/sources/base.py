@@ -77,8 +77,19 @@ class FolderReader:
     root: Path
 
     def read(self, path: str) -> bytes:
-        with open(os.path.join(self.root, path), "rb") as f:  # not pathlib: ~10 us per call adds up
-            return f.read()
+        # os-level calls, not open()/pathlib: half the ~14 us per small file, for 4M files
+        fd = os.open(os.path.join(self.root, path), os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            data = os.read(fd, size + 1)  # one byte more than expected: a short answer means EOF
+            if len(data) == size:
+                return data
+            chunks = [data]  # grew, short read, or a size that lies (pipes, some network FS)
+            while chunks[-1]:
+                chunks.append(os.read(fd, 1 << 20))
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
 
 
 def walk_files(folder: Path) -> Iterator[str]:

@@ -132,3 +132,11 @@ def test_colliding_keys_are_made_unique_deterministically(tmp_path, files):
     keys = {json.loads(s["json"])["path"]: s["__key__"] for s in
             wds.WebDataset([str(tmp_path / "o" / s["name"]) for s in m["splits"]["train"]["shards"]], shardshuffle=False)}
     assert keys == {"a.b/x.jpg": "a_b_x", "a_b/x.jpg": "a_b_x_2", "a_b/x_1.jpg": "a_b_x_1", "c/x.png.jpg": "c_x_png"}
+
+
+@pytest.mark.parametrize("path", ["images/0001.jpg", 'we"ird\\name ü.jpg'])
+def test_sample_json_equals_json_dumps(path):
+    from shard_tools.pack import sample_json
+
+    expect = json.dumps({"pid": 3, "camid": -1, "dataset": "luperson", "path": path}, sort_keys=True, separators=(",", ":"))
+    assert sample_json("luperson", 3, -1, path) == expect.encode()
