@@ -72,21 +72,27 @@ class _MatrixDistances:
 def _stable_topk_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k smallest entries per row, ordered as a stable argsort would order them.
 
-    torch.topk leaves ties at the k-th value unspecified; the classic code's argsort breaks them by
-    index, so ties at the boundary are resolved here explicitly (lowest index first).
+    torch.topk leaves the choice and order among equal values unspecified; the classic code's
+    argsort breaks ties by index. One topk of k+1 tells which rows have a tie across the k-th
+    place; only those (rare) rows take the exact path, so the block is scanned once.
     """
-    thr = torch.topk(x, k, dim=1, largest=False).values[:, -1:]
-    less = x < thr
-    eq = x == thr
-    need = k - less.sum(dim=1, keepdim=True)
-    sel = less | eq
-    crowded = torch.nonzero(eq.sum(dim=1, keepdim=True) > need)[:, 0]
-    if crowded.numel():  # rare: more ties at the k-th value than places left; keep the lowest indices
-        sub = eq[crowded]
-        sel[crowded] = less[crowded] | (sub & (torch.cumsum(sub, dim=1) <= need[crowded]))
-    idx = sel.nonzero()[:, 1].view(x.shape[0], k)  # ascending index within each row
-    order = torch.sort(x.gather(1, idx), dim=1, stable=True).indices
-    return idx.gather(1, order)
+    kk = min(k + 1, x.shape[1])
+    vals, idx = torch.topk(x, kk, dim=1, largest=False)
+    if kk > k:
+        crowded = torch.nonzero(vals[:, k] == vals[:, k - 1])[:, 0]
+        vals, idx = vals[:, :k], idx[:, :k].clone()
+        if crowded.numel():
+            sub = x[crowded]
+            thr = vals[crowded, -1:]
+            less, eq = sub < thr, sub == thr
+            need = k - less.sum(dim=1, keepdim=True)
+            sel = less | (eq & (torch.cumsum(eq, dim=1) <= need))  # lowest indices among the tied
+            idx[crowded] = sel.nonzero()[:, 1].view(crowded.numel(), k)
+            vals = x.gather(1, idx)
+    # Order the chosen k by (value, index): sort by index, then stably by value.
+    by_index = torch.sort(idx, dim=1).indices
+    idx, vals = idx.gather(1, by_index), vals.gather(1, by_index)
+    return idx.gather(1, torch.sort(vals, dim=1, stable=True).indices)
 
 
 def _reciprocal_mask(ranks: np.ndarray) -> np.ndarray:

@@ -111,3 +111,11 @@ def test_bad_parameters_are_clear_errors():
         rerank(feats[:3], feats[3:], k1=4, k2=6)
     with pytest.raises(ValueError, match="same D"):
         rerank(feats[:3], feats[3:, :2])
+
+
+@pytest.mark.parametrize("k", [1, 5, 21, 40])
+def test_neighbour_lists_break_ties_like_a_stable_argsort(k):
+    g = torch.Generator().manual_seed(k)
+    x = torch.randint(0, 6, (64, 40), generator=g).float()  # many ties, also across the k-th place
+    expected = np.argsort(x.numpy(), axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(rerank_mod._stable_topk_smallest(x, k).numpy(), expected)
