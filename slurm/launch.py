@@ -90,8 +90,13 @@ def snapshot_setup(snapshot: Path) -> list[str]:
     return [f"export PYTHONPATH={shlex.quote(str(snapshot))}${{PYTHONPATH:+:$PYTHONPATH}}"]
 
 
-def build_executor(profile: ClusterProfile, folder: Path, job_name: str, setup: list[str] = ()) -> submitit.Executor:
-    """A submitit executor for the profile: SlurmExecutor, or LocalExecutor for `executor: local`."""
+def build_executor(profile: ClusterProfile, folder: Path, job_name: str, setup: list[str] = (),
+                   extra: dict[str, Any] | None = None) -> submitit.Executor:
+    """A submitit executor for the profile: SlurmExecutor, or LocalExecutor for `executor: local`.
+
+    Args:
+        extra: more SlurmExecutor parameters (e.g. `dependency`); ignored by the local executor.
+    """
     if profile.executor == "local":
         ex = submitit.LocalExecutor(folder, max_num_timeout=profile.max_requeues)
         params: dict[str, Any] = dict(timeout_min=profile.timeout_min, tasks_per_node=profile.tasks_per_node,
@@ -104,7 +109,7 @@ def build_executor(profile: ClusterProfile, folder: Path, job_name: str, setup: 
         raise SubmissionError("sbatch not found on PATH: submit from a Slurm login node, use --dry-run, "
                               "or `--cluster local` to run here without Slurm")
     ex = submitit.SlurmExecutor(folder, max_num_timeout=profile.max_requeues)
-    ex.update_parameters(**slurm_parameters(profile, job_name, list(setup)))
+    ex.update_parameters(**slurm_parameters(profile, job_name, list(setup)), **(extra or {}))
     return ex
 
 
@@ -116,7 +121,8 @@ def _release(job_id: str) -> None:
 
 
 def submit(profile: ClusterProfile, folder: Path, job_name: str, callables: list[Any],
-           setup: list[str] = (), meta: dict[str, Any] | None = None) -> Submission:
+           setup: list[str] = (), meta: dict[str, Any] | None = None,
+           extra: dict[str, Any] | None = None) -> Submission:
     """Submit one callable as a job, or several as one job array.
 
     Args:
@@ -126,6 +132,7 @@ def submit(profile: ClusterProfile, folder: Path, job_name: str, callables: list
         callables: one callable, or one per array task (parallelism: `profile.array_parallelism`).
         setup: extra sbatch setup lines.
         meta: written as `submission.json` into each run folder (what was submitted, how).
+        extra: more SlurmExecutor parameters (e.g. `dependency="afterok:123"`).
     Raises:
         ConfigError: an impossible request (too many GPUs, unknown partition).
         SubmissionError: sbatch refused; the message holds the command and sbatch's output verbatim.
@@ -133,7 +140,7 @@ def submit(profile: ClusterProfile, folder: Path, job_name: str, callables: list
     profile.check_request()
     if profile.executor == "slurm":
         check_partition(profile)
-    ex = build_executor(profile, folder, job_name, list(setup))
+    ex = build_executor(profile, folder, job_name, list(setup), extra)
     try:
         if len(callables) == 1:
             jobs = [ex.submit(callables[0])]

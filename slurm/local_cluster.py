@@ -260,7 +260,9 @@ class LocalSlurm:
             if not self.run("squeue", "-h", "-o", "%i", check=False).stdout.strip() and self._node_idle():
                 return
             time.sleep(0.3)
-        raise TimeoutError(f"local Slurm not idle after {timeout:.0f} s")
+        queue = self.run("squeue", "-h", "-o", "%i %T %r", check=False).stdout.strip().replace("\n", "; ")
+        raise TimeoutError(f"local Slurm not idle after {timeout:.0f} s (queue: {queue or 'empty'}; "
+                           f"node: {self.run('sinfo', '-h', '-o', '%T', check=False).stdout.strip()})")
 
     def stop(self) -> None:
         """Cancel jobs, shut the daemons down, then kill this cluster's leftovers (and only those)."""

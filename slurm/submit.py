@@ -220,9 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "pack":
             from slurm.pack import submit_pack
 
-            sub = submit_pack(args.source, args.src, args.out, args.array_count, args.pack_args, args.overrides,
-                              args.cluster, parallel=args.parallel, dry_run=args.dry_run, wait=args.wait, out=out)
-            return 0 if sub is None or not args.wait else sub
+            packed = submit_pack(args.source, args.src, args.out, args.array_count, args.pack_args, args.overrides,
+                                 args.cluster, parallel=args.parallel, dry_run=args.dry_run, out=out)
+            if packed is None or not args.wait:
+                return 0
+            return _wait(packed.array, out) or _wait(packed.merge, out)
         if args.cmd == "status":
             from slurm.status import main as status_main
 
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
             collect(Path(args.sweep_dir), out=out)
             return 0
-    except (ConfigError, SubmissionError) as e:
+    except (ConfigError, SubmissionError, ValueError) as e:
         print(f"personvit-submit {args.cmd}: error: {e}", file=sys.stderr)
         return 2
     return 2

@@ -35,8 +35,9 @@ def slurm_cluster(tmp_path_factory):
         cluster.start()
     except SlurmUnavailable as e:
         _unavailable(str(e))
-    saved = {k: os.environ.get(k) for k in ("SLURM_CONF", "PYTHONPATH")}
+    saved = {k: os.environ.get(k) for k in ("SLURM_CONF", "PYTHONPATH", "OMP_NUM_THREADS")}
     os.environ["SLURM_CONF"] = str(cluster.conf)
+    os.environ["OMP_NUM_THREADS"] = "1"  # jobs inherit it: one thread per task on the 2-core node
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), saved["PYTHONPATH"]) if p)
     try:
         yield cluster
@@ -63,3 +64,17 @@ def counter_recipe(tmp_path) -> Path:
     path = tmp_path / "counter.yaml"
     path.write_text("steps: 40\nsleep_s: 0.1\nevery_steps: 5\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def synth_shards(tmp_path_factory) -> dict[str, Path]:
+    """Synthetic pedestrians packed as a LUPerson-style set and a Market-1501-style set (real shards)."""
+    from shard_tools.cli import main as shard_tools
+
+    root = tmp_path_factory.mktemp("data")
+    assert shard_tools(["synth", str(root / "synth"), "--identities", "20", "--unlabeled", "200"]) == 0
+    lup, market = root / "synth-lup" / "shards", root / "synth-market" / "shards"
+    assert shard_tools(["pack", "luperson", str(root / "synth" / "unlabeled"), str(lup), "--maxcount", "100",
+                        "--quiet"]) == 0
+    assert shard_tools(["pack", "market1501", str(root / "synth"), str(market), "--maxcount", "100", "--quiet"]) == 0
+    return {"luperson": lup, "market": market, "raw": root / "synth"}
