@@ -21,7 +21,7 @@ from personvit.rng import Stream, numpy_rng
 from personvit.viz import draw
 from personvit.viz.attention import write_attention
 from personvit.viz.correspondence import write_correspondence
-from personvit.viz.inputs import find_pairs, load_model, load_samples, to_batch
+from personvit.viz.inputs import LoadedModel, find_pairs, load_model, load_samples, to_batch
 from personvit.viz.patch_clusters import write_patch_clusters
 from personvit.viz.ranks import load_features, ranked_lists, render_ranks
 
@@ -76,11 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace) -> LoadedModel:
     overrides = {"patch_size": args.patch_size, "embed_dim": args.embed_dim, "depth": args.depth,
                  "num_heads": args.num_heads}
-    lm = load_model(args.ckpt, args.which, args.arch, overrides, tuple(args.img_size) if args.img_size else None)
-    return lm
+    return load_model(args.ckpt, args.which, args.arch, overrides, tuple(args.img_size) if args.img_size else None)
 
 
 def _run_model_kind(args: argparse.Namespace, out: Path) -> list[Path]:

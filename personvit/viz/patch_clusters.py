@@ -111,7 +111,8 @@ def write_patch_clusters(model: VisionTransformer, x: torch.Tensor, images: list
                          k: int, seed: int, step_tag: str, out_dir: Path, show: int = 6,
                          head_mlp: torch.nn.Module | None = None) -> Path:
     """Cluster the patches of all images, draw the first `show` images; returns the PNG path."""
-    feats = patch_features(model, x, head_mlp)
+    # Forward in chunks: clustering wants many images, memory should not grow with them.
+    feats = torch.cat([patch_features(model, x[i:i + 64], head_mlp) for i in range(0, x.shape[0], 64)])
     _, assign = kmeans(feats.reshape(-1, feats.shape[-1]), k, seed=seed)
     assign = assign.reshape(feats.shape[0], feats.shape[1]).numpy()
     grid = model.grid_size(x.shape[-2:])
