@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from personvit.config.data import PretrainDataConfig
+from personvit.data.photometric import apply_photometric
 from personvit.data.pretrain_loader import CorruptDataError, PretrainLoader
 from personvit.data.shards import ShardError
 
@@ -131,6 +132,10 @@ def test_views_are_normalised_float_views_in_student_order(shard_dir):
     assert batch.masks.any() and not batch.masks.all()
     unmasked = PretrainLoader(replace(cfg, pred_start_epoch=1), seed=0, rank=0, world_size=1)
     assert not next(unmasked.iter_epoch(0)).masks.any()
+    # Grouping by resolution must hand each view its own parameters.
+    for v, crops in enumerate(batch.global_crops + batch.local_crops):
+        alone = apply_photometric(crops, batch.photometric.map(lambda t, v=v: t[v]), batch.max_sigma)
+        torch.testing.assert_close(views[v], alone, atol=1e-5, rtol=0)
 
 
 def test_corrupt_samples_are_counted_and_bounded(tmp_path):
