@@ -6,8 +6,8 @@ with the global ones masked, `DINOMIMLoss` compares them, AdamW steps with the s
 decay, and the teacher follows the student by EMA.
 
 Exact resume rests on four things: every random draw of the data derives from (seed, epoch,
-position) (the loader's contract); drop path is reseeded per (step, rank) before the student's
-forward; schedules are arrays indexed by the global step; and a checkpoint holds everything else
+position) (the loader's contract); torch's global generator (drop path) is reseeded per (step,
+rank) at the start of every step; schedules are arrays indexed by the global step; and a checkpoint holds everything else
 that evolves (weights, optimizer, scaler, loss centres, loader position). A rerun of the same
 command finds `latest` in `run.dir` and continues; the run ends bitwise equal to an uninterrupted one.
 """
@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from personvit import preemption
@@ -30,7 +33,7 @@ from personvit.config.core import load_config
 from personvit.config.pretrain import PretrainConfig
 from personvit.data.pretrain_loader import CorruptDataError, PretrainLoader
 from personvit.data.shards import ShardError
-from personvit.distributed import all_reduce_sum_, barrier, init_distributed, is_dist, shutdown
+from personvit.distributed import DistInfo, all_reduce_sum_, barrier, init_distributed, is_dist, shutdown
 from personvit.engine.optim import apply_schedule, build_adamw, cancel_last_layer_grads, clip_grad_per_tensor_
 from personvit.engine.schedules import pretrain_schedules
 from personvit.engine.ssl_model import build_student_teacher, ema_update_, init_backbone
@@ -59,11 +62,42 @@ def _layout(cfg: PretrainConfig, world_size: int, batches_per_epoch: int) -> dic
             "batches_per_epoch": batches_per_epoch}
 
 
-def _check_layout(saved: dict[str, int], current: dict[str, int], path: str) -> None:
-    # Positions and schedules are indexed by (epoch, batch): another layout would silently change them.
-    if saved != current:
-        raise CheckpointError(f"{path}: written by a run with {saved}, this run has {current}; resume needs the same "
-                              "world size and batch size (or a new run.dir)")
+@dataclass
+class _Training:
+    """What a step mutates, hence what a checkpoint holds (plus the loader position)."""
+
+    student: nn.Module
+    teacher: nn.Module
+    model: nn.Module  # the student, DDP-wrapped when world size > 1
+    loss_fn: DINOMIMLoss
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loader: PretrainLoader
+    layout: dict[str, int]
+
+    def state(self, next_epoch: int, next_batch: int) -> dict[str, Any]:
+        return {
+            "student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "loss": self.loss_fn.state_dict(),
+            "loader": {"epoch": next_epoch, "next_batch": next_batch, "corrupt_skipped": self.loader.corrupt_skipped},
+            "rng": {"torch": torch.get_rng_state()}, "layout": self.layout,
+        }  # fmt: skip
+
+    def restore(self, state: dict[str, Any]) -> tuple[int, int, int]:
+        """Load a checkpoint's state; returns (step, epoch, next batch)."""
+        if state["layout"] != self.layout:
+            # Positions and schedules are indexed by (epoch, batch): another layout would change them.
+            raise CheckpointError(f"{state['_path']}: written by a run with {state['layout']}, this run has "
+                                  f"{self.layout}; resume needs the same world size and batch size (or a new run.dir)")
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.loss_fn.load_state_dict(state["loss"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.loader.corrupt_skipped = int(state["loader"]["corrupt_skipped"])
+        return int(state["step"]), int(state["loader"]["epoch"]), int(state["loader"]["next_batch"])
 
 
 def run(cfg: PretrainConfig) -> dict[str, Any]:
@@ -86,141 +120,120 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
             shutdown()
 
 
-def _train(cfg: PretrainConfig, dist_info) -> dict[str, Any]:
-    rank, world, device, is_main = dist_info.rank, dist_info.world_size, dist_info.device, dist_info.is_main
-    preemption.install_handlers()
-    run_dir = start_run(cfg, resolve_run_dir(cfg.run.dir, "pretrain"), "pretrain", is_main)
-    seed = cfg.run.seed
-
-    loader = PretrainLoader(cfg.data, seed, rank, world)
-    niter = loader.batches_per_epoch
-    if niter < 1:
+def _build(cfg: PretrainConfig, dist_info: DistInfo) -> _Training:
+    rank, world, device = dist_info.rank, dist_info.world_size, dist_info.device
+    loader = PretrainLoader(cfg.data, cfg.run.seed, rank, world)
+    if loader.batches_per_epoch < 1:
         raise ShardError(f"{cfg.data.shards}: {loader.num_samples} samples give no full batch of "
                          f"{cfg.data.batch_size_per_rank} x {world} ranks")
-    total_steps = cfg.train.epochs * niter
-    o = cfg.optim
-    peak_lr = o.scaled_lr(cfg.data.batch_size_per_rank * world)
-    sched = pretrain_schedules(peak_lr, o.min_lr, o.warmup_epochs, o.weight_decay, o.weight_decay_end,
-                               o.momentum_teacher, o.momentum_teacher_end, cfg.train.epochs, niter)
-
-    student, teacher = build_student_teacher(cfg.model, cfg.data.global_size, seed)
+    student, teacher = build_student_teacher(cfg.model, cfg.data.global_size, cfg.run.seed)
     lc = cfg.loss
     loss_fn = DINOMIMLoss(cfg.model.head.out_dim, cfg.model.head.patch_out_dim, lc.student_temp, lc.teacher_temp,
                           lc.warmup_teacher_temp, lc.teacher_patch_temp, lc.warmup_teacher_patch_temp,
                           lc.warmup_teacher_temp_epochs, lc.center_momentum, lc.center_momentum2,
                           lc.lambda1, lc.lambda2)
     student.to(device), teacher.to(device), loss_fn.to(device)
-    optimizer = build_adamw(student, tuple(o.betas))
-    amp_dtype = autocast_dtype(cfg.train.precision, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+    model = student
+    if world > 1:
+        model = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(cfg.train.precision, device) is torch.float16)
+    return _Training(student, teacher, model, loss_fn, build_adamw(student, tuple(cfg.optim.betas)), scaler, loader,
+                     _layout(cfg, world, loader.batches_per_epoch))
 
-    ckpt = CheckpointManager(Path(run_dir) / "checkpoints", cfg.checkpoint.keep_last,
-                             cfg.checkpoint.keep_every_epochs, is_main)
-    layout = _layout(cfg, world, niter)
+
+def _step(t: _Training, batch, views: list[torch.Tensor], epoch: int, momentum: float, cfg: PretrainConfig,
+          autocast, world: int, on_non_finite) -> tuple[float, float, float]:
+    """Forward both networks, check the loss, backward, clip, step, EMA; returns rank-averaged (total, dino, mim)."""
+    masks = batch.masks.to(views[0].device, non_blocking=True)
+    with autocast:
+        with torch.no_grad():
+            t_out = t.teacher(views[:2], patch_views=2)
+        s_out = t.model(views, masks=masks, patch_views=2)
+        out = t.loss_fn(s_out.cls, s_out.patch, t_out.cls, t_out.patch, masks, epoch)
+    # One collective both for logging and for agreeing on every rank that the loss is finite.
+    terms = all_reduce_sum_(torch.stack([out.total, out.dino, out.mim]).detach().float()) / world
+    total, dino, mim = (float(v) for v in terms.cpu())
+    if not all(math.isfinite(v) for v in (total, dino, mim)):
+        on_non_finite(dino=dino, mim=mim, total=total)
+    t.optimizer.zero_grad(set_to_none=True)
+    t.scaler.scale(out.total).backward()
+    if cfg.optim.clip_grad > 0:
+        t.scaler.unscale_(t.optimizer)
+        clip_grad_per_tensor_(t.student.parameters(), cfg.optim.clip_grad)
+    cancel_last_layer_grads(t.student, epoch, cfg.optim.freeze_last_layer)
+    t.scaler.step(t.optimizer)
+    t.scaler.update()
+    ema_update_(t.teacher, t.student, momentum)
+    return total, dino, mim
+
+
+def _train(cfg: PretrainConfig, dist_info: DistInfo) -> dict[str, Any]:
+    rank, world, device, is_main = dist_info.rank, dist_info.world_size, dist_info.device, dist_info.is_main
+    preemption.install_handlers()
+    run_dir = Path(start_run(cfg, resolve_run_dir(cfg.run.dir, "pretrain"), "pretrain", is_main))
+    t = _build(cfg, dist_info)
+    niter = t.loader.batches_per_epoch
+    total_steps = cfg.train.epochs * niter
+    o = cfg.optim
+    sched = pretrain_schedules(o.scaled_lr(cfg.data.batch_size_per_rank * world), o.min_lr, o.warmup_epochs,
+                               o.weight_decay, o.weight_decay_end, o.momentum_teacher, o.momentum_teacher_end,
+                               cfg.train.epochs, niter)
+    ckpt = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last, cfg.checkpoint.keep_every_epochs,
+                             is_main)
     state = ckpt.load_latest() if cfg.checkpoint.resume else None
     if state is not None:
-        _check_layout(state["layout"], layout, state["_path"])
-        student.load_state_dict(state["student"])
-        teacher.load_state_dict(state["teacher"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        loss_fn.load_state_dict(state["loss"])
-        torch.set_rng_state(state["rng"]["torch"])
-        loader.corrupt_skipped = int(state["loader"]["corrupt_skipped"])
-        step, epoch, start_batch = int(state["step"]), int(state["loader"]["epoch"]), int(state["loader"]["next_batch"])
+        step, epoch, start_batch = t.restore(state)
         log.info("resumed from %s: step %d, epoch %d, batch %d", state["_path"], step, epoch, start_batch)
         del state
     else:
         step, epoch, start_batch = 0, 0, 0
         if cfg.model.init:
-            init_backbone(student, teacher, cfg.model.init)
-
-    model = student
-    if world > 1:
-        model = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
-    metrics = MetricsLogger(Path(run_dir) / "metrics.jsonl", is_main,
-                            Path(run_dir) / "tb" if cfg.run.tensorboard else None)
+            init_backbone(t.student, t.teacher, cfg.model.init)
+    metrics = MetricsLogger(run_dir / "metrics.jsonl", is_main, run_dir / "tb" if cfg.run.tensorboard else None)
     metrics.truncate_after(step)
+    amp_dtype = autocast_dtype(cfg.train.precision, device)
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
 
-    def save(end_of_epoch: bool) -> Path | None:
-        nxt_epoch, nxt_batch = (epoch + 1, 0) if end_of_epoch else (epoch, batch.index + 1)
-        payload = {
-            "student": student.state_dict(), "teacher": teacher.state_dict(),
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "loss": loss_fn.state_dict(),
-            "loader": {"epoch": nxt_epoch, "next_batch": nxt_batch, "corrupt_skipped": loader.corrupt_skipped},
-            "rng": {"torch": torch.get_rng_state()}, "layout": layout,
-        }
-        return ckpt.save(payload, step, nxt_epoch if end_of_epoch else epoch, end_of_epoch=end_of_epoch)
+    def non_finite(**terms: float) -> None:
+        bad = ", ".join(f"{k}={v}" for k, v in terms.items() if not math.isfinite(v))
+        raise NonFiniteLossError(f"non-finite loss at step {step} (epoch {epoch}, batch {batch.index}): {bad}; "
+                                 f"stopped before the update, last good checkpoint: {ckpt.latest()}")
 
-    batch = None
-    last = {"loss": float("nan")}
-    window = {"t0": time.perf_counter(), "wait": 0.0, "steps": 0}
-    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
-                else contextlib.nullcontext())  # fmt: skip
-    student.train()
+    last_loss = float("nan")
+    window = _Window()
+    t.student.train()
     with ProgressReporter(total_steps, "pretrain", enabled=is_main, every_s=cfg.run.progress_every_s,
                           initial=step) as progress:
         while epoch < cfg.train.epochs:
-            temps = loss_fn.temperatures(epoch)
-            batches = loader.iter_epoch(epoch, start_batch)
-            while True:
-                t_wait = time.perf_counter()
-                batch = next(batches, None)
-                window["wait"] += time.perf_counter() - t_wait
-                if batch is None:
-                    break
+            temps = t.loss_fn.temperatures(epoch)
+            batches = t.loader.iter_epoch(epoch, start_batch)
+            while (batch := window.wait(batches)) is not None:
                 if step != epoch * niter + batch.index:  # guards the resume arithmetic
                     raise RuntimeError(f"step {step} does not match epoch {epoch} batch {batch.index}")
                 lr, wd, momentum = sched.at(step)
-                apply_schedule(optimizer, lr, wd)
-
+                apply_schedule(t.optimizer, lr, wd)
+                # Drop path (and anything else drawing from torch's global generator this step) becomes
+                # a function of (step, rank), not of the run's history: what makes resume exact.
+                seed_step(cfg.run.seed, step, rank)
                 views = batch.views(device)
-                masks = batch.masks.to(device, non_blocking=True)
-                with autocast:
-                    with torch.no_grad():
-                        t_out = teacher(views[:2], patch_views=2)
-                    seed_step(seed, step, rank)  # drop path: a function of (step, rank), not of history
-                    s_out = model(views, masks=masks, patch_views=2)
-                    out = loss_fn(s_out.cls, s_out.patch, t_out.cls, t_out.patch, masks, epoch)
-
-                # One collective both for logging and for agreeing that the loss is finite on every rank.
-                terms = all_reduce_sum_(torch.stack([out.total, out.dino, out.mim]).detach().float()) / world
-                total, dino, mim = (float(v) for v in terms.cpu())
-                if not all(map(_finite, (total, dino, mim))):
-                    bad = ", ".join(f"{k}={v}" for k, v in (("dino", dino), ("mim", mim), ("total", total)) if not _finite(v))
-                    raise NonFiniteLossError(f"non-finite loss at step {step} (epoch {epoch}, batch {batch.index}): "
-                                             f"{bad}; stopped before the update, last good checkpoint: {ckpt.latest()}")
-
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(out.total).backward()
-                if o.clip_grad > 0:
-                    scaler.unscale_(optimizer)
-                    clip_grad_per_tensor_(student.parameters(), o.clip_grad)
-                cancel_last_layer_grads(student, epoch, o.freeze_last_layer)
-                scaler.step(optimizer)
-                scaler.update()
-                ema_update_(teacher, student, momentum)
+                last_loss, dino, mim = _step(t, batch, views, epoch, momentum, cfg, autocast, world, non_finite)
                 step += 1
-                window["steps"] += 1
-                last = {"loss": total, "dino": dino, "mim": mim}
+                window.steps += 1
+                if step % cfg.run.log_every_steps == 0 or step == total_steps:
+                    metrics.log(step=step, epoch=epoch, loss=last_loss, dino=dino, mim=mim, lr=lr, wd=wd,
+                                momentum=momentum, teacher_temp=temps[0], teacher_patch_temp=temps[1],
+                                **window.rates(cfg.data.batch_size_per_rank * world),
+                                corrupt_skipped=t.loader.corrupt_skipped)
+                progress.advance(1, epoch=epoch, loss=last_loss, lr=lr)
 
                 end_of_epoch = batch.index == niter - 1
-                if step % cfg.run.log_every_steps == 0 or step == total_steps:
-                    elapsed = max(time.perf_counter() - window["t0"], 1e-9)
-                    metrics.log(step=step, epoch=epoch, loss=total, dino=dino, mim=mim, lr=lr, wd=wd,
-                                momentum=momentum, teacher_temp=temps[0], teacher_patch_temp=temps[1],
-                                images_per_s=window["steps"] * cfg.data.batch_size_per_rank * world / elapsed,
-                                data_wait=window["wait"] / elapsed, corrupt_skipped=loader.corrupt_skipped)
-                    window = {"t0": time.perf_counter(), "wait": 0.0, "steps": 0}
-                progress.advance(1, epoch=epoch, loss=total, lr=lr)
-
-                saved = False
-                if end_of_epoch or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0):
-                    save(end_of_epoch)
-                    saved = True
+                nxt = (epoch + 1, 0) if end_of_epoch else (epoch, batch.index + 1)
+                periodic = cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0
+                if end_of_epoch or periodic:
+                    ckpt.save(t.state(*nxt), step, nxt[0], end_of_epoch=end_of_epoch)
                 if preemption.stop_requested():
-                    if not saved:
-                        save(end_of_epoch)
+                    if not (end_of_epoch or periodic):
+                        ckpt.save(t.state(*nxt), step, nxt[0], end_of_epoch=end_of_epoch)
                     barrier()
                     log.warning("stop requested (%s): checkpoint of step %d saved", preemption.stop_reason(), step)
                     raise preemption.Preempted(step, preemption.stop_reason())
@@ -232,11 +245,27 @@ def _train(cfg: PretrainConfig, dist_info) -> dict[str, Any]:
     if is_main:
         log.info("pretraining done: %d steps, final checkpoint %s", step, final)
     return {"run_dir": str(run_dir), "step": step, "epoch": epoch, "checkpoint": str(final) if final else None,
-            "loss": last["loss"]}
+            "loss": last_loss}
 
 
-def _finite(x: float) -> bool:
-    return x == x and abs(x) != float("inf")
+class _Window:
+    """Throughput and data-wait fraction since the last logged step."""
+
+    def __init__(self) -> None:
+        self.t0, self.waited, self.steps = time.perf_counter(), 0.0, 0
+
+    def wait(self, batches):
+        t = time.perf_counter()
+        batch = next(batches, None)
+        self.waited += time.perf_counter() - t
+        return batch
+
+    def rates(self, images_per_step: int) -> dict[str, float]:
+        """`images_per_s` and `data_wait` of the window, then start a new one."""
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        out = {"images_per_s": self.steps * images_per_step / elapsed, "data_wait": self.waited / elapsed}
+        self.t0, self.waited, self.steps = time.perf_counter(), 0.0, 0
+        return out
 
 
 def main(argv: list[str]) -> int:

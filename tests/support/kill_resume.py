@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -110,8 +111,7 @@ def run_once(
         poll_s: polling period.
     """
     t0 = time.monotonic()
-    log_path = Path(cwd or ".") / f".kill_resume_{os.getpid()}_{time.monotonic_ns()}.log"
-    with open(log_path, "w+b") as log:
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: a chatty run can never block on it
         proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, env=dict(env) if env else None,
                                 cwd=cwd, start_new_session=True)
         killed = False
@@ -139,7 +139,6 @@ def run_once(
             pass
         log.seek(0)
         output = log.read().decode(errors="replace")
-    log_path.unlink(missing_ok=True)
     return Attempt(killed, proc.returncode, time.monotonic() - t0, output)
 
 

@@ -20,7 +20,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from tests.support.kill_resume import kill_and_resume, metrics_step_reached, run_once  # noqa: E402
+from tests.support.kill_resume import (  # noqa: E402
+    checkpoint_step_reached,
+    kill_and_resume,
+    metrics_step_reached,
+    run_once,
+)
 from tests.support.pretrain import pretrain_cmd, subprocess_env, synthetic_lup_shards  # noqa: E402
 
 IMAGES, BATCH, EPOCHS = 128, 16, 3
@@ -66,8 +71,11 @@ def test_sigkill_and_rerun_ends_bitwise_equal(shards, references, tmp_path, worl
     steps = sorted(rng.sample(range(1, total - 2, 3), kills))
     run_dir = tmp_path / "killed"
     cmd = pretrain_cmd(shards, run_dir, *RUN, f"data.num_workers={workers}", nproc=world)
-    attempts = kill_and_resume(cmd, [metrics_step_reached(run_dir / "metrics.jsonl", s) for s in steps],
-                               env=subprocess_env(), cwd=tmp_path, timeout=240)
+    # The first kill lands mid-step; a second one right after a checkpoint commits (while `latest`
+    # moves and old checkpoints are pruned).
+    triggers = [metrics_step_reached(run_dir / "metrics.jsonl", steps[0])]
+    triggers += [checkpoint_step_reached(run_dir / "checkpoints", s) for s in steps[1:]]
+    attempts = kill_and_resume(cmd, triggers, env=subprocess_env(), cwd=tmp_path, timeout=240)
     resumes = [line.split(": ", 1)[-1] for a in attempts for line in a.output.splitlines() if "resumed from" in line]
     context = f"PERSONVIT_KILL_SEED={seed}, killed after steps {steps} of {total}; {resumes}"
     assert [a.killed for a in attempts] == [True] * kills + [False], context

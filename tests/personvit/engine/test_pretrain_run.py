@@ -74,9 +74,12 @@ def test_loss_decreases_against_a_fixed_teacher(shards, tmp_path):
 
 
 def test_logs_and_checkpoint_state_follow_the_recipe(shards, tmp_path):
-    cfg = _cfg(shards, tmp_path / "run", "train.epochs=2", "checkpoint.every_steps=0")
+    cfg = _cfg(shards, tmp_path / "run", "train.epochs=2", "checkpoint.every_steps=3", "checkpoint.keep_every_epochs=1")
     result = run(cfg)
     total = 2 * STEPS_PER_EPOCH
+    # Saved at 3, 6, 8 (epoch end), 9, 12, 15, 16 (epoch end): the last 2 plus every epoch end remain.
+    kept = [load_checkpoint(p)["step"] for p in CheckpointManager(tmp_path / "run" / "checkpoints").committed()]
+    assert kept == [8, 15, 16]
     assert result["step"] == total and result["epoch"] == 2
     rows = _metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == list(range(1, total + 1))
@@ -138,6 +141,19 @@ def test_preemption_saves_at_the_current_step_and_resume_is_exact(shards, tmp_pa
     resumed = run(cfg)
     assert resumed["step"] == reference["step"]
     assert compare_checkpoints(reference["checkpoint"], resumed["checkpoint"]) is None
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_paths(shards, tmp_path, precision):
+    # CUDA runs bf16 (or fp16 + scaler); the same code paths run here under CPU autocast.
+    result = run(_cfg(shards, tmp_path / "run", "train.epochs=1", f"train.precision={precision}"))
+    rows = _metrics(tmp_path / "run")
+    assert len(rows) == STEPS_PER_EPOCH and all(0 < r["loss"] < 20 for r in rows)
+    scaler = load_checkpoint(result["checkpoint"])["state"]["scaler"]
+    if precision == "fp16":
+        assert 0 < scaler["scale"] <= 2.0**16  # a live scaler, saved for resume
+    else:
+        assert scaler == {}
 
 
 def test_without_mim_the_patch_term_is_logged_but_not_trained(shards, tmp_path):
