@@ -109,7 +109,9 @@ class TrainJob(submitit.helpers.Checkpointable):
         is_main = rank == 0
         restart_count = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
         if is_main:
-            restarts.record(run_dir, "start", kind=self.kind, world_size=env.num_tasks if env else 1)
+            # Where the code came from: the per-run snapshot when the profile asks for one.
+            code = str(Path(restarts.__file__).resolve().parent.parent)
+            restarts.record(run_dir, "start", kind=self.kind, world_size=env.num_tasks if env else 1, code=code)
             log.info("%s job %s in %s (restart %d of at most %d)", self.kind, env.job_id if env else "-",
                      run_dir, restart_count, self.max_requeues)
         preemption.reset()

@@ -53,7 +53,7 @@ def submitit_command(folder: Path, python: str | None = None) -> str:
 
 
 def render_sbatch(profile: ClusterProfile, folder: Path, job_name: str, setup: list[str] = (),
-                  array_size: int | None = None) -> str:
+                  array_size: int | None = None, python: str | None = None) -> str:
     """The sbatch script submitit would submit for this profile (no Slurm needed).
 
     Args:
@@ -62,11 +62,12 @@ def render_sbatch(profile: ClusterProfile, folder: Path, job_name: str, setup: l
         job_name: Slurm job name.
         setup: extra shell lines before the job (e.g. the code snapshot's PYTHONPATH).
         array_size: number of array tasks, None for a single job.
+        python: the job's interpreter command (see `job_python`).
     """
     from submitit.slurm.slurm import _make_sbatch_string
 
     params = slurm_parameters(profile, job_name, list(setup))
-    return _make_sbatch_string(command=submitit_command(folder), folder=folder, map_count=array_size, **params)
+    return _make_sbatch_string(command=submitit_command(folder, python), folder=folder, map_count=array_size, **params)
 
 
 def snapshot_code(runs_root: Path) -> Path:
@@ -90,12 +91,25 @@ def snapshot_setup(snapshot: Path) -> list[str]:
     return [f"export PYTHONPATH={shlex.quote(str(snapshot))}${{PYTHONPATH:+:$PYTHONPATH}}"]
 
 
+def job_python(snapshot: bool) -> str | None:
+    """The interpreter command of the job; None = submitit's default (this interpreter).
+
+    `python -m` puts the working directory (usually the checkout the job was submitted from) first
+    on sys.path, ahead of PYTHONPATH; with a snapshot, `-P` (Python >= 3.11) drops it so the
+    snapshot wins.
+    """
+    if snapshot and sys.version_info >= (3, 11):
+        return f"{shlex.quote(sys.executable)} -P"
+    return None
+
+
 def build_executor(profile: ClusterProfile, folder: Path, job_name: str, setup: list[str] = (),
-                   extra: dict[str, Any] | None = None) -> submitit.Executor:
+                   extra: dict[str, Any] | None = None, python: str | None = None) -> submitit.Executor:
     """A submitit executor for the profile: SlurmExecutor, or LocalExecutor for `executor: local`.
 
     Args:
         extra: more SlurmExecutor parameters (e.g. `dependency`); ignored by the local executor.
+        python: the job's interpreter command (see `job_python`).
     """
     if profile.executor == "local":
         ex = submitit.LocalExecutor(folder, max_num_timeout=profile.max_requeues)
@@ -108,7 +122,7 @@ def build_executor(profile: ClusterProfile, folder: Path, job_name: str, setup: 
     if shutil.which("sbatch") is None:
         raise SubmissionError("sbatch not found on PATH: submit from a Slurm login node, use --dry-run, "
                               "or `--cluster local` to run here without Slurm")
-    ex = submitit.SlurmExecutor(folder, max_num_timeout=profile.max_requeues)
+    ex = submitit.SlurmExecutor(folder, max_num_timeout=profile.max_requeues, python=python)
     ex.update_parameters(**slurm_parameters(profile, job_name, list(setup)), **(extra or {}))
     return ex
 
@@ -140,7 +154,7 @@ def submit(profile: ClusterProfile, folder: Path, job_name: str, callables: list
     profile.check_request()
     if profile.executor == "slurm":
         check_partition(profile)
-    ex = build_executor(profile, folder, job_name, list(setup), extra)
+    ex = build_executor(profile, folder, job_name, list(setup), extra, job_python(profile.snapshot_code))
     try:
         if len(callables) == 1:
             jobs = [ex.submit(callables[0])]

@@ -35,6 +35,7 @@ from slurm.launch import (
     Submission,
     SubmissionError,
     absolute_folder,
+    job_python,
     render_sbatch,
     snapshot_code,
     snapshot_setup,
@@ -125,7 +126,7 @@ def _print_dry_run(profile: ClusterProfile, folder: Path, job_name: str, setup: 
               file=out)
     else:
         print("# ---- sbatch script (dry run: nothing submitted) ----", file=out)
-        print(render_sbatch(profile, folder, job_name, setup, array_size), file=out)
+        print(render_sbatch(profile, folder, job_name, setup, array_size, job_python(profile.snapshot_code)), file=out)
     print("# ---- resolved config ----", file=out)
     print(yaml.safe_dump(recipe, sort_keys=False).rstrip(), file=out)
 

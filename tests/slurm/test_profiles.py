@@ -63,7 +63,7 @@ def test_dry_run_8x8_prints_expected_sbatch_lines_without_slurm(tmp_path):
     srun = [ln for ln in lines if ln.startswith("srun ")]
     assert len(srun) == 1 and re.fullmatch(
         rf"srun --unbuffered --output {folder}/%j_%t_log.out --error {folder}/%j_%t_log.err "
-        rf"{VENV_BIN}/python\S* -u -m submitit.core._submit {folder}", srun[0]), srun
+        rf"{VENV_BIN}/python\S* -P -u -m submitit.core._submit {folder}", srun[0]), srun
     # The resolved recipe follows the script, overrides applied; nothing was created.
     assert "steps: 8" in lines and "  seed: 3" in lines
     assert not (tmp_path / "runs").exists()
