@@ -10,7 +10,7 @@
    dense bf16 peak, with FLOPs counted analytically.
 Without CUDA, parts 2 and 3 print "skipped: no CUDA".
 
-    python benchmarks/vit_step.py [--batch 8] [--reps 7] [--threads 2]
+    python benchmarks/vit_step.py [--batch 8] [--reps 7] [--threads 2] [--smoke]
 """
 
 from __future__ import annotations
@@ -184,20 +184,27 @@ def head_flops(head: DINOHead, tokens: int) -> float:
     return float(tokens * per_token)
 
 
-def bench_pretrain_step(batch: int, reps: int) -> dict:
-    """Part 3 (CUDA): one full DINO+MIM step and its MFU."""
-    if not torch.cuda.is_available():
+def bench_pretrain_step(batch: int, reps: int, smoke: bool = False) -> dict:
+    """Part 3 (CUDA): one full DINO+MIM step and its MFU.
+
+    Args:
+        batch: images per GPU.
+        reps: timed repetitions.
+        smoke: run the same code on the CPU with a 1-block ViT and 256 prototypes, to check the
+            script where no GPU is at hand (its timings mean nothing).
+    """
+    if not (torch.cuda.is_available() or smoke):
         return {"skipped": "no CUDA"}
-    device = torch.device("cuda")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    depth, protos = (1, 256) if smoke else (12, 8192)
     torch.manual_seed(0)
-    backbone = build_vit("vit_small", drop_path_rate=0.1)
-    student = MultiCropWrapper(backbone, DINOHead(384, 8192, 8192)).to(device)
+    backbone = build_vit("vit_small", drop_path_rate=0.1, depth=depth)
+    student = MultiCropWrapper(backbone, DINOHead(384, protos, protos)).to(device)
     teacher = copy.deepcopy(student)
-    teacher.backbone.set_attn_backend("auto")
     for p in teacher.parameters():
         p.requires_grad_(False)
-    loss_fn = DINOMIMLoss(8192, 8192).to(device)
-    opt = torch.optim.AdamW(student.parameters(), lr=1e-4, fused=True)
+    loss_fn = DINOMIMLoss(protos, protos).to(device)
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-4, fused=device.type == "cuda")
     globals_ = [torch.randn(batch, 3, 256, 128, device=device) for _ in range(2)]
     locals_ = [torch.randn(batch, 3, 96, 64, device=device) for _ in range(6)]
     rng = np.random.default_rng(0)
@@ -207,7 +214,7 @@ def bench_pretrain_step(batch: int, reps: int) -> dict:
     params_s, params_t = list(student.parameters()), list(teacher.parameters())
 
     def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             with torch.no_grad():
                 t = teacher(globals_)
             s = student(globals_ + locals_, masks)
@@ -219,14 +226,15 @@ def bench_pretrain_step(batch: int, reps: int) -> dict:
             torch._foreach_lerp_(params_t, params_s, 1 - 0.996)
 
     t = summarise(time_interleaved({"step": step}, reps, device))[0]["step"]
-    peak = peak_cuda_bytes(step)
+    peak = peak_cuda_bytes(step) if device.type == "cuda" else 0
     g_fwd = num_flops_forward(backbone, (256, 128)) + head_flops(student.head, 129)
     l_fwd = num_flops_forward(backbone, (96, 64)) + head_flops(student.head, 1)
     flops = batch * (2 * g_fwd + 3 * (2 * g_fwd + 6 * l_fwd))  # teacher fwd; student fwd + 2x bwd
-    name = torch.cuda.get_device_name()
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     peak_flops = next((v for k, v in PEAK_BF16.items() if k in name), None)
     achieved = flops / t
     return {
+        "smoke_on_cpu": smoke and device.type == "cpu",
         "batch_per_gpu": batch,
         "step_s": t,
         "img_per_s": batch / t,
@@ -243,11 +251,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="images per step (default 8 CPU, 64 CUDA)")
     parser.add_argument("--reps", type=int, default=7, help="timed repetitions per variant")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="without CUDA, run part 3 on the CPU with a 1-block ViT (checks the code only)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batch = args.batch or (64 if device.type == "cuda" else 8)
 
+    if args.smoke and device.type == "cpu":
+        part3 = bench_pretrain_step(args.batch or 2, args.reps, smoke=True)
+        print(f"smoke run of the pretraining step on the CPU (timings meaningless, no JSON written): {part3}")
+        return
     part1 = bench_vs_timm(batch, args.reps, device)
     part2 = bench_backends(batch, args.reps)
     part3 = bench_pretrain_step(batch, args.reps)
