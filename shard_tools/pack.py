@@ -119,7 +119,7 @@ def pack(source: str, src: str | Path, out: str | Path, *, maxcount: int = 10000
     out.mkdir(parents=True, exist_ok=True)
     write_plan_info(out, {
         "fingerprint": plan.fingerprint, "source": source, "source_root": str(Path(src_obj.root).resolve()),
-        "options": {k: v for k, v in dataclasses.asdict(opts).items()},
+        "options": dataclasses.asdict(opts),
         "shards": {split: [s.name for s in shards] for split, shards in plan.splits().items()},
         "skipped": [s.to_dict() for s in plan.skipped], "dropped": plan.dropped,
     })
@@ -170,6 +170,9 @@ def _run(todo: list[ShardPlan], source: Source, out: Path, decode_check: bool, f
     # gc.freeze: a forked worker's garbage collector would otherwise touch every inherited record
     # of the listing and so copy the parent's pages (copy-on-write) into each worker.
     gc.freeze()
-    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(source, out, decode_check, fingerprint)) as pool:
-        yield from pool.imap_unordered(_write_in_worker, todo, chunksize=1)
+    try:
+        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(source, out, decode_check, fingerprint)) as pool:
+            yield from pool.imap_unordered(_write_in_worker, todo, chunksize=1)
+    finally:
+        gc.unfreeze()
