@@ -29,6 +29,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 SOLARIZE_THRESHOLD = 128 / 255  # PIL ImageOps.solarize default, as DINO uses it
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 
 
 @dataclass
@@ -90,14 +91,14 @@ def draw_photometric(rng: np.random.Generator, cfg: PretrainDataConfig) -> dict[
 
 def _hue_matrices(hue: torch.Tensor) -> torch.Tensor:
     """[N, 3, 3] RGB matrices rotating chroma by hue * 2pi in YIQ space."""
-    t = _RGB_TO_YIQ.to(hue.device, torch.float32)
+    t, t_inv = _RGB_TO_YIQ.to(hue.device, torch.float32), _YIQ_TO_RGB.to(hue.device, torch.float32)
     theta = -hue * (2 * math.pi)  # sign chosen so the rotation follows HSV hue (R -> G -> B)
     cos, sin = torch.cos(theta), torch.sin(theta)
     rot = torch.zeros(hue.shape[0], 3, 3, device=hue.device)
     rot[:, 0, 0] = 1
     rot[:, 1, 1], rot[:, 1, 2] = cos, -sin
     rot[:, 2, 1], rot[:, 2, 2] = sin, cos
-    return torch.linalg.inv(t) @ rot @ t
+    return t_inv @ rot @ t
 
 
 def color_matrices(jitter: torch.Tensor, order: torch.Tensor, grayscale: torch.Tensor, mean_rgb: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -233,3 +234,23 @@ def test_resume_skips_by_index_without_decoding_skipped_samples(tmp_path):
         list(strict.iter_epoch(0))
     resumed = list(strict.iter_epoch(0, start_batch=where + 1))  # the corrupt sample is never decoded
     assert len(resumed) == strict.batches_per_epoch - where - 1 and strict.corrupt_skipped == 1
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({}, "missing required config value 'data.shards'"),
+        ({"shards": "s", "global_size": [250, 128]}, "global_size [250, 128] must be divisible by patch_size 16"),
+        ({"shards": "s", "aspect": [0.7, 0.3]}, "aspect must be an increasing pair"),
+        ({"shards": "s", "blur_p": [1.0, 1.2, 0.5]}, "blur_p must be a probability in [0, 1], got 1.2"),
+        ({"shards": "s", "pred_ratio": [0.0, 0.3], "pred_ratio_var": [0.0]}, "same length"),
+        ({"shards": "s", "batch_size_per_rank": 0}, "batch_size_per_rank must be >= 1"),
+        ({"shards": "s", "n_local": "six"}, "'data.n_local': expected an integer"),
+    ],
+)
+def test_config_mistakes_are_one_line_errors_naming_the_key(values, message):
+    from personvit.config.core import ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        from_dict(PretrainDataConfig, values, prefix="data")
+    assert "\n" not in str(err.value)
