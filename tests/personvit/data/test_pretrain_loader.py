@@ -181,7 +181,7 @@ _DDP_SCRIPT = textwrap.dedent(
     from personvit.config.data import PretrainDataConfig
     from personvit.data.pretrain_loader import PretrainLoader
     from personvit.distributed import all_reduce_sum_, init_distributed, shutdown
-    info = init_distributed(backend="gloo", timeout_s=60)
+    info = init_distributed(backend="gloo", timeout_s=120)
     cfg = PretrainDataConfig(shards=sys.argv[1], batch_size_per_rank=8, num_workers=2 * info.rank,
                              global_size=(32, 16), local_size=(16, 16), n_local=1, patch_size=8)
     loader = PretrainLoader(cfg, seed=11, rank=info.rank, world_size=info.world_size)
