@@ -125,8 +125,8 @@ class FinetuneTrainConfig:
         min_lr_factor: cosine floor as a fraction of the lr.
         id_loss_weight, triplet_loss_weight: loss weights (1:1).
         label_smoothing: cross-entropy label smoothing (0 in the recipe).
-        amp: mixed precision on CUDA (`auto` = bf16 when supported, else fp16 with a grad scaler);
-            always off on CPU.
+        amp: mixed precision: `auto` = on CUDA bf16 when supported, else fp16 with a grad scaler,
+            off on CPU; `bf16` / `fp16` force a dtype (also under CPU autocast); `off`.
         max_steps_per_epoch: cap on batches per epoch (0 = a full pass of the PK sampler); for demos.
     """
 

@@ -44,6 +44,19 @@ FEATURES_NAME = "features.npz"
 PER_QUERY_NAME = "per_query.csv"
 
 
+def amp_settings(device: torch.device, mode: str) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, use a grad scaler) for `train.amp`.
+
+    `auto`: bf16 on CUDA where supported, else fp16 with a grad scaler; full precision on CPU.
+    `bf16` / `fp16` force that dtype on any device (CPU autocast runs both: tests exercise the paths).
+    """
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return None, False
+    if mode == "fp16" or (mode == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16, True
+    return torch.bfloat16, False
+
+
 @torch.no_grad()
 def extract_features(model: ReIDModel, split: ReIDSplit, data: ReIDDataConfig, batch_size: int, flip: bool,
                      device: torch.device, amp_dtype: torch.dtype | None = None, progress: bool = True) -> torch.Tensor:
@@ -56,7 +69,7 @@ def extract_features(model: ReIDModel, split: ReIDSplit, data: ReIDDataConfig, b
         batch_size: images per forward pass.
         flip: average with the horizontally mirrored image's feature before normalising.
         device: where the model runs.
-        amp_dtype: autocast dtype on CUDA (None = full precision).
+        amp_dtype: autocast dtype (None = full precision).
         progress: show progress.
     Returns:
         [N, D] float32 CPU tensor.
@@ -140,7 +153,7 @@ def evaluate_model(model: ReIDModel, data: ReIDDataConfig, opts: EvalOptions, ru
         opts: evaluation options.
         run_dir: where `results.json` (and features / CSV) go.
         device: where the model runs.
-        amp_dtype: autocast dtype on CUDA.
+        amp_dtype: autocast dtype (None = full precision).
         extra: more fields for `results.json` (e.g. the evaluated checkpoint).
     Returns:
         The `results.json` content.
@@ -212,7 +225,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.run.seed)  # only a random-init baseline draws anything
     model, source = build_eval_model(cfg)
     model.to(device)
-    amp_dtype = torch.bfloat16 if device.type == "cuda" and cfg.train.amp != "off" else None
+    amp_dtype, _ = amp_settings(device, cfg.train.amp)
     return evaluate_model(model, cfg.data, cfg.eval, run_dir, device, amp_dtype, extra={"weights": source})
 
 

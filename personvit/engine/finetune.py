@@ -29,7 +29,14 @@ from personvit.data.reid_transforms import TrainTransform
 from personvit.data.samplers import KeyBatchSampler, PKSampler
 from personvit.data.shards import ShardError
 from personvit.distributed import DistInfo, barrier, init_distributed
-from personvit.engine.evaluate import EvaluationError, evaluate_model, init_checkpoint, model_arch, parse_args
+from personvit.engine.evaluate import (
+    EvaluationError,
+    amp_settings,
+    evaluate_model,
+    init_checkpoint,
+    model_arch,
+    parse_args,
+)
 from personvit.engine.schedules import cosine_schedule
 from personvit.losses.triplet import batch_hard_triplet_loss
 from personvit.models.loading import load_backbone
@@ -78,15 +85,6 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr * group["lr_factor"]
 
 
-def amp_settings(device: torch.device, mode: str) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, use a grad scaler): bf16 where supported, fp16 + scaler otherwise; off on CPU."""
-    if device.type != "cuda" or mode == "off":
-        return None, False
-    if mode == "fp16" or (mode == "auto" and not torch.cuda.is_bf16_supported()):
-        return torch.float16, True
-    return torch.bfloat16, False
-
-
 class Finetuner:
     """The fine-tuning state (model, optimiser, scaler, position) and its step / save / resume logic.
 
@@ -121,7 +119,7 @@ class Finetuner:
         self.lrs = epoch_lrs(self.lr, t)
         self.optimizer = build_optimizer(self.model, t, self.lr)
         self.amp_dtype, use_scaler = amp_settings(self.device, t.amp)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.ddp = None
         if dist_info.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None

@@ -3,6 +3,7 @@ and resume refusing a checkpoint it cannot continue exactly."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +73,21 @@ def test_resume_refuses_another_world_size(shards: Path, tmp_path: Path) -> None
     tuner.ckpt.save(state, step=3, epoch=0)
     with pytest.raises(CheckpointError, match="world size 2"):
         Finetuner(cfg, SINGLE, tmp_path / "ft").resume()
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_paths(amp: str, shards: Path, tmp_path: Path) -> None:
+    # CUDA runs bf16 (or fp16 + grad scaler); the same code paths run here under CPU autocast.
+    from personvit.checkpoint import load_checkpoint, resolve_checkpoint_path
+    from personvit.engine.finetune import run
+
+    torch.set_num_threads(1)
+    result = run(_cfg(shards, tmp_path / "ft", "train.epochs=2", f"train.amp={amp}", "run.log_every_steps=1"))
+    assert 0.0 <= result["mAP"] <= 1.0
+    rows = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) >= 4 and all(0 < r["loss"] < 20 for r in rows)
+    scaler = load_checkpoint(resolve_checkpoint_path(tmp_path / "ft"))["state"]["scaler"]
+    if amp == "fp16":
+        assert 0 < scaler["scale"] <= 2.0**16, "a live grad scaler, saved for resume"
+    else:
+        assert scaler == {}
