@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "verify":
             from shard_tools.verify import verify
 
-            n, problems = verify(args.out, workers=args.workers, decode=not args.no_decode)
+            n, problems = verify(args.out, workers=args.workers, decode=not args.no_decode, progress=True)
             for p in problems:
                 print(f"BAD {p}", file=sys.stderr)
             if problems:

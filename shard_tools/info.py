@@ -28,7 +28,12 @@ def info_table(manifest: dict) -> Table:
         ratio = s["bytes"] / s["jpeg_bytes"] if s["jpeg_bytes"] else float("nan")
         t.add_row(split, str(s["num_shards"]), f"{s['samples']:,}", str(s["num_ids"]), str(s["num_cams"]),
                   human_bytes(s["bytes"]), f"{ratio:.2f}")
+    reasons: dict[str, int] = {}
+    for skip in manifest["skipped"]:
+        kind = skip["reason"].split(" (")[0]  # "corrupt JPEG (OSError: ...)" -> "corrupt JPEG"
+        reasons[kind] = reasons.get(kind, 0) + 1
     t.caption = (f"skipped {manifest['num_skipped']} bad input(s)"
+                 + (" (" + ", ".join(f"{n} {k}" for k, n in sorted(reasons.items())) + ")" if reasons else "")
                  + "".join(f"; dropped {n} {why}" for why, n in manifest["dropped"].items()))
     return t
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from personvit.runlog import ProgressReporter
 from shard_tools.manifest import read_manifest
 
 JSON_KEYS = {"pid", "camid", "dataset", "path"}
@@ -71,23 +72,30 @@ def _check(args: tuple) -> str | None:
     return verify_shard(*args)
 
 
-def verify(out: str | Path, workers: int = 1, decode: bool = True) -> tuple[int, list[str]]:
+def verify(out: str | Path, workers: int = 1, decode: bool = True, progress: bool = False) -> tuple[int, list[str]]:
     """Check every shard of the set in `out`; returns (shards checked, problems).
 
     Args:
         out: the shard folder.
         workers: processes checking shards in parallel.
         decode: fully decode every image.
+        progress: show progress over the samples (rich on a terminal, plain lines otherwise).
     """
     out = Path(out)
     manifest = read_manifest(out)
     jobs = [(out / s["name"], s["samples"], s["bytes"], s["sha256"], decode)
             for split in manifest["splits"].values() for s in split["shards"]]
-    if workers > 1 and len(jobs) > 1:
-        with mp.get_context("fork").Pool(workers) as pool:
-            results = pool.map(_check, jobs, chunksize=1)
-    else:
-        results = [_check(j) for j in jobs]
+    results: list[str | None] = []
+    with ProgressReporter(sum(j[1] for j in jobs), "verify", enabled=progress, every_s=10.0) as bar:
+        if workers > 1 and len(jobs) > 1:
+            with mp.get_context("fork").Pool(workers) as pool:
+                for job, r in zip(jobs, pool.imap(_check, jobs, chunksize=1)):
+                    results.append(r)
+                    bar.advance(job[1])
+        else:
+            for job in jobs:
+                results.append(_check(job))
+                bar.advance(job[1])
     problems = [r for r in results if r is not None]
     listed = {j[0].name for j in jobs}
     problems += [f"{p.name}: not listed in the manifest" for p in sorted(out.glob("*-*.tar")) if p.name not in listed]

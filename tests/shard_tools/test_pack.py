@@ -10,6 +10,7 @@ import shutil
 import pytest
 import webdataset as wds
 
+from shard_tools.info import info_table
 from shard_tools.manifest import read_manifest
 from shard_tools.pack import pack
 from shard_tools.sources import SourceError, open_source
@@ -88,6 +89,8 @@ def test_bad_inputs_are_skipped_counted_and_listed(tiny_synth, tmp_path, jpeg):
     assert reasons["images/huffman.jpg"].startswith("corrupt JPEG (OSError")  # found by the decode only
     assert m["num_skipped"] == 6
     assert read_manifest(tmp_path / "out") == m
+    caption = info_table(m).caption
+    assert "skipped 6 bad input(s) (2 corrupt JPEG, 1 empty file, 1 not an image, 1 truncated JPEG, 1 unreadable)" in caption
     # the default (marker) check skips all but the bogus Huffman table, which `verify` then reports
     m2 = pack("luperson", src, tmp_path / "fast", maxcount=16, progress=False)
     assert {s["path"] for s in m2["skipped"]} == set(reasons) - {"images/huffman.jpg"}
