@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from shard_tools.sources import SOURCES, SourceError
@@ -57,8 +58,6 @@ def _array_args(args: argparse.Namespace) -> tuple[int, int]:
     Slurm task ids need not start at 0 (`--array=1-8`), so the index is taken relative to
     SLURM_ARRAY_TASK_MIN.
     """
-    import os
-
     if args.array_index is not None or args.array_count is not None:
         if args.array_index is None or args.array_count is None:
             raise SourceError("give both --array-index and --array-count (or neither)")

@@ -8,6 +8,7 @@ comes from `keys.pkl` next to it when present (the release order), else from a c
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from shard_tools.sources.base import FolderReader, Listing, Record, SourceError, load_name_list, walk_files
@@ -59,8 +60,6 @@ class LUPersonLMDB:
         return {**self.__dict__, "_env": None, "_pid": None}  # workers open their own handle
 
     def _txn(self):
-        import os
-
         import lmdb
 
         if self._env is None or self._pid != os.getpid():
