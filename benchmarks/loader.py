@@ -44,7 +44,7 @@ from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
 from personvit.config.data import PretrainDataConfig
-from personvit.data.multicrop import decode, multicrop
+from personvit.data.multicrop import crop_resize, decode, sample_box, to_tensor
 from personvit.data.photometric import IMAGENET_MEAN, IMAGENET_STD, draw_photometric
 from personvit.data.pretrain_loader import PretrainLoader, crop_specs
 from personvit.masking import view_masks
@@ -153,10 +153,18 @@ def breakdown(jpegs: list[bytes], cfg: PretrainDataConfig) -> dict[str, float]:
     t0 = time.process_time()
     decoded = [decode(d, specs, cfg.decode_draft) for d in jpegs]
     t["decode"] = time.process_time() - t0
+    boxes = [[sample_box(rng, hw[0], hw[1], spec) for spec in specs] for _, hw in decoded]
     t0 = time.process_time()
-    for img, hw in decoded:
-        multicrop(img, hw, rng, specs)
+    for (img, hw), bxs in zip(decoded, boxes):
+        x = to_tensor(img)
+        for box, spec in zip(bxs, specs):
+            crop_resize(x, box, hw, spec.size)
     t["crop+resize (8 views)"] = time.process_time() - t0
+    t0 = time.process_time()
+    for (img, _), bxs in zip(decoded, boxes):  # the same boxes through PIL, as torchvision on PIL images does
+        for box, spec in zip(bxs, specs):
+            np.asarray(img.resize((spec.size[1], spec.size[0]), Image.BICUBIC, box=box))
+    t["same with PIL resize"] = time.process_time() - t0
     t0 = time.process_time()
     for _ in jpegs:
         draw_photometric(rng, cfg)
