@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from personvit import preemption
 from personvit.checkpoint import CheckpointError, CheckpointManager
-from personvit.config.core import load_config
+from personvit.config.core import ConfigError, load_config
 from personvit.config.finetune import FinetuneConfig, FinetuneTrainConfig
 from personvit.data.reid import ReIDTrainDataset, read_reid_split, relabel
 from personvit.data.reid_transforms import TrainTransform
@@ -100,8 +100,11 @@ class Finetuner:
         self.device = dist_info.device
         train_split = read_reid_split(d.shards, d.train_split)
         labels, self.pids = relabel(train_split.pids)
-        self.sampler = PKSampler(labels, t.num_ids, t.num_instances, cfg.run.seed, dist_info.rank,
-                                 dist_info.world_size, t.max_steps_per_epoch)
+        try:
+            self.sampler = PKSampler(labels, t.num_ids, t.num_instances, cfg.run.seed, dist_info.rank,
+                                     dist_info.world_size, t.max_steps_per_epoch)
+        except ValueError as e:  # too few identities, or num_ids not divisible by the world size
+            raise ConfigError(f"train.num_ids={t.num_ids}, train.num_instances={t.num_instances}: {e}") from None
         transform = TrainTransform(d.img_size, cfg.run.seed, d.flip_p, d.pad, d.erase_p, d.erase_area,
                                    d.erase_aspect, d.mean, d.std)
         self.dataset = ReIDTrainDataset(train_split, labels, transform)

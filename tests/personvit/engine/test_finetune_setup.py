@@ -91,3 +91,10 @@ def test_mixed_precision_paths(amp: str, shards: Path, tmp_path: Path) -> None:
         assert 0 < scaler["scale"] <= 2.0**16, "a live grad scaler, saved for resume"
     else:
         assert scaler == {}
+
+
+def test_impossible_pk_batch_is_a_config_error(shards: Path, tmp_path: Path) -> None:
+    from personvit.config.core import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.num_ids=300.*20 identities"):
+        Finetuner(_cfg(shards, tmp_path / "ft", "train.num_ids=300"), SINGLE, tmp_path / "ft")
