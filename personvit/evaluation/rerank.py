@@ -154,7 +154,7 @@ def _query_expansion(
     """CSR of V_qe[i] = mean over r in nbrs[i] of V[r] (the classic's local query expansion)."""
     n, k2 = nbrs.shape
     lengths_all = np.diff(indptr)
-    out_ptr, out_idx, out_val = [0], [], []
+    out_ptr, out_idx, out_val = [np.zeros(1, dtype=np.int64)], [], []
     per_row = lengths_all[nbrs].sum(axis=1)
     b0 = 0
     while b0 < n:
@@ -170,10 +170,9 @@ def _query_expansion(
         vals = np.bincount(inv, weights=data[pos], minlength=uniq.size) / k2
         out_idx.append(uniq % n)
         out_val.append(vals.astype(np.float32))
-        out_ptr.append(np.cumsum(np.bincount(uniq // n - b0, minlength=b1 - b0)) + out_ptr[-1])
+        out_ptr.append(np.cumsum(np.bincount(uniq // n - b0, minlength=b1 - b0)) + out_ptr[-1][-1])
         b0 = b1
-    ptr = np.concatenate([np.asarray(p).ravel() for p in out_ptr])
-    return ptr, np.concatenate(out_idx), np.concatenate(out_val)
+    return np.concatenate(out_ptr), np.concatenate(out_idx), np.concatenate(out_val)
 
 
 def _rerank(dist: _FeatureDistances | _MatrixDistances, num_query: int, k1: int, k2: int,

@@ -68,14 +68,15 @@ def test_matches_dense_reference(k1, k2, lam):
         assert not np.allclose(out, plain / plain.max(), atol=1e-3)
 
 
-def test_small_blocks_give_the_same_answer(monkeypatch):
+@pytest.mark.parametrize("budget", [64, 700, 5000])
+def test_small_blocks_give_the_same_answer(monkeypatch, budget):
     rng = np.random.default_rng(1)
     feats, _ = clustered_feats(rng, num_ids=10, per_id=6, dim=8)
     q, g = feats[:12], feats[12:]
     full = rerank(q, g)
-    # Force many tiny blocks in every blockwise stage.
-    monkeypatch.setattr(rerank_mod, "_BLOCK_ELEMS", 64)
-    monkeypatch.setattr(rerank_mod, "_EXPAND_ELEMS", 64)
+    # Force many blocks (one row each at 64, several rows of uneven size above) in every stage.
+    monkeypatch.setattr(rerank_mod, "_BLOCK_ELEMS", budget)
+    monkeypatch.setattr(rerank_mod, "_EXPAND_ELEMS", budget)
     np.testing.assert_allclose(rerank(q, g), full, atol=1e-6)  # BLAS block shapes differ by ulps
 
 
