@@ -6,9 +6,10 @@ Used by the pretraining and fine-tuning exactness tests::
                                      checkpoint_step_reached(run / "checkpoints", 20)], env=env)
     assert [a.killed for a in attempts] == [True, True, False]
 
-Each command runs in its own session, so the SIGKILL reaches the whole process tree at once
-(torchrun and its workers, DataLoader workers): nothing gets to clean up, as with a node failure or
-`scancel -s KILL`. Triggers are polled predicates on files the run writes; the kill lands wherever
+The SIGKILL reaches the whole process tree at once (torchrun, its workers, their DataLoader
+workers): nothing gets to clean up, as with a node failure or `scancel -s KILL`. A process-group kill
+is not enough: torchrun starts each worker in a session of its own, so killing torchrun's group
+leaves orphaned workers that keep training into the same run folder. Triggers are polled predicates on files the run writes; the kill lands wherever
 the run is at that moment (mid-step, mid-checkpoint-write, ...), which is the point.
 """
 
@@ -26,6 +27,7 @@ from pathlib import Path
 
 __all__ = [
     "Attempt",
+    "kill_tree",
     "checkpoint_step_reached",
     "kill_and_resume",
     "metrics_step_reached",
@@ -92,6 +94,48 @@ def checkpoint_step_reached(ckpt_dir: str | Path, step: int) -> Trigger:
     return fired
 
 
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # exited meanwhile
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # the name field may contain spaces
+        children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def kill_tree(root: int) -> None:
+    """SIGKILL `root` and all its descendants, stopping them all first so none is orphaned mid-way."""
+    stopped: set[int] = set()
+    while True:  # a stopped process forks no more; repeat until the tree is stable
+        tree, frontier = [], [root]
+        children = _children_map()
+        while frontier:
+            pid = frontier.pop()
+            tree.append(pid)
+            frontier.extend(children.get(pid, []))
+        new = [p for p in tree if p not in stopped]
+        if not new:
+            break
+        for pid in new:
+            _signal(pid, signal.SIGSTOP)
+        stopped.update(new)
+    for pid in stopped:
+        _signal(pid, signal.SIGKILL)
+
+
 def run_once(
     cmd: Sequence[str],
     trigger: Trigger | None = None,
@@ -118,25 +162,20 @@ def run_once(
         try:
             while proc.poll() is None:
                 if time.monotonic() - t0 > timeout:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    kill_tree(proc.pid)
                     proc.wait()
                     log.seek(0)
                     raise AssertionError(f"{' '.join(cmd)} ran past {timeout:.0f} s:\n{log.read().decode()[-4000:]}")
                 if trigger is not None and trigger():
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    kill_tree(proc.pid)
                     killed = True
                     break
                 time.sleep(poll_s)
             proc.wait()
         finally:
             if proc.poll() is None:  # an exception above: never leave a tree running
-                os.killpg(proc.pid, signal.SIGKILL)
+                kill_tree(proc.pid)
                 proc.wait()
-        # Reap whatever else was in the session (e.g. a worker that outlived torchrun).
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         log.seek(0)
         output = log.read().decode(errors="replace")
     return Attempt(killed, proc.returncode, time.monotonic() - t0, output)

@@ -28,8 +28,8 @@ from tests.support.kill_resume import (  # noqa: E402
 )
 from tests.support.pretrain import pretrain_cmd, subprocess_env, synthetic_lup_shards  # noqa: E402
 
-IMAGES, BATCH, EPOCHS = 128, 16, 3
-RUN = ["train.epochs=3", "run.log_every_steps=1", "checkpoint.every_steps=5"]
+IMAGES, BATCH, EPOCHS, EVERY = 128, 16, 3, 5
+RUN = [f"train.epochs={EPOCHS}", "run.log_every_steps=1", f"checkpoint.every_steps={EVERY}"]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,18 @@ def references(shards, tmp_path_factory) -> dict[int, Path]:
     return get
 
 
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and int(entry) != os.getpid():
+            pids.append(int(entry))
+    return pids
+
+
 def _ckpt_compare(a: Path, b: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "personvit", "ckpt", "compare", str(a), str(b)],
                           capture_output=True, text=True, env=subprocess_env(), timeout=120)
@@ -67,8 +79,10 @@ def test_sigkill_and_rerun_ends_bitwise_equal(shards, references, tmp_path, worl
     total = EPOCHS * IMAGES // (BATCH * world)
     seed = int(os.environ.get("PERSONVIT_KILL_SEED", random.randrange(2**31)))
     rng = random.Random(seed)
-    # Kill points at least 3 steps apart (a killed run may log a step past its trigger) and before the end.
-    steps = sorted(rng.sample(range(1, total - 2, 3), kills))
+    # Kill points after the first checkpoint (so the rerun really resumes), at least 3 steps apart
+    # (a killed run may log a step past its trigger), and with a checkpoint left before the end.
+    first_ckpt = min(EVERY, IMAGES // (BATCH * world))
+    steps = sorted(rng.sample(range(first_ckpt + 1, total - 3, 3), kills))
     run_dir = tmp_path / "killed"
     cmd = pretrain_cmd(shards, run_dir, *RUN, f"data.num_workers={workers}", nproc=world)
     # The first kill lands mid-step; a second one right after a checkpoint commits (while `latest`
@@ -80,6 +94,7 @@ def test_sigkill_and_rerun_ends_bitwise_equal(shards, references, tmp_path, worl
     context = f"PERSONVIT_KILL_SEED={seed}, killed after steps {steps} of {total}; {resumes}"
     assert [a.killed for a in attempts] == [True] * kills + [False], context
     assert "resumed from" in attempts[-1].output, context
+    assert not _processes_mentioning(str(run_dir)), f"{context}: processes of a killed launch outlived it"
 
     reference = references(world)
     result = _ckpt_compare(reference, run_dir)
