@@ -157,9 +157,12 @@ class TrainJob(submitit.helpers.Checkpointable):
                             error=f"{restart_count} restarts already (max_requeues={self.max_requeues})")
             raise RequeueRefused(f"not requeued: {restart_count} restarts already (max_requeues={self.max_requeues})")
         handler = preemption.chained_handler(signal.SIGUSR2)
-        restarts.record(run_dir, "requeue", reason=kind, via="submitit" if handler else "scontrol")
+        # submitit's handler when this rank got the signal itself; else (the flag came from another
+        # rank, or from code) requeue directly.
+        via_submitit = handler is not None and reason.startswith("SIG")
+        restarts.record(run_dir, "requeue", reason=kind, via="submitit" if via_submitit else "scontrol")
         log.warning("stop at step %s (%s): saved; requeueing", step, kind)
-        if handler is not None and reason.startswith("SIG"):
+        if via_submitit:
             # submitit: checkpoint() -> resubmission pickle -> scontrol requeue -> sys.exit(-1);
             # raises UncompletedJobError when its timeout budget is spent.
             handler(signal.SIGUSR2, None)

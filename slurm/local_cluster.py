@@ -256,13 +256,15 @@ class LocalSlurm:
     def wait_idle(self, timeout: float = 60.0) -> None:
         """Wait for an empty queue and an idle node (between tests)."""
         deadline = time.monotonic() + timeout
+        queue = node = ""
         while time.monotonic() < deadline:
-            if not self.run("squeue", "-h", "-o", "%i", check=False).stdout.strip() and self._node_idle():
+            queue = self.run("squeue", "-h", "-o", "%i %T %r", check=False).stdout.strip()
+            node = self.run("sinfo", "-h", "-o", "%T", check=False).stdout.strip()
+            if not queue and node == "idle":
                 return
             time.sleep(0.3)
-        queue = self.run("squeue", "-h", "-o", "%i %T %r", check=False).stdout.strip().replace("\n", "; ")
-        raise TimeoutError(f"local Slurm not idle after {timeout:.0f} s (queue: {queue or 'empty'}; "
-                           f"node: {self.run('sinfo', '-h', '-o', '%T', check=False).stdout.strip()})")
+        raise TimeoutError(f"local Slurm not idle after {timeout:.0f} s (queue: {queue.replace(chr(10), '; ') or 'empty'}"
+                           f"; node: {node!r})")
 
     def stop(self) -> None:
         """Cancel jobs, shut the daemons down, then kill this cluster's leftovers (and only those)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,12 @@ def resolve_recipe(kind: str, config: str, overrides: Sequence[str], validate: b
 def run_folder(profile: ClusterProfile, kind: str, recipe: dict[str, Any]) -> Path:
     """`run.dir` when the recipe sets it, else `<runs_root>/<kind>-%j` (the job id names the run)."""
     run_dir = (recipe.get("run") or {}).get("dir")
-    return absolute_folder(run_dir or Path(profile.runs_root) / f"{kind}-%j")
+    if run_dir:
+        return absolute_folder(run_dir)
+    if profile.executor == "local":
+        # submitit's local executor creates its folder with `%j` unexpanded: name the run by time.
+        return absolute_folder(Path(profile.runs_root) / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return absolute_folder(Path(profile.runs_root) / f"{kind}-%j")
 
 
 def submit_training(kind: str, config: str, overrides: Sequence[str], cluster: str, dry_run: bool = False,

@@ -6,7 +6,10 @@ reason; under CI=true that is a failure instead, because CI must exercise the re
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,12 +28,33 @@ def _unavailable(reason: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory):
+def slurm_tmp():
+    """This session's private scratch folder.
+
+    Not pytest's basetemp: pytest keeps only the three newest basetemp folders per user and deletes
+    older ones whenever another session starts, which on a shared machine removed the live Slurm
+    state and run folders of a session still running.
+    """
+    root = Path(tempfile.mkdtemp(prefix="personvit-slurm-tests-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def tmp_path(slurm_tmp, request) -> Path:
+    """Per-test folder inside `slurm_tmp` (overrides pytest's for tests/slurm)."""
+    path = slurm_tmp / re.sub(r"[^\w.-]", "_", request.node.name)[:80]
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(slurm_tmp):
     """A running single-node cluster; SLURM_CONF and PYTHONPATH exported for clients and jobs."""
     why = missing_requirements(accounting=True)
     if why:
         _unavailable(why)
-    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"), accounting=True)
+    cluster = LocalSlurm(slurm_tmp / "cluster", accounting=True)
     try:
         cluster.start()
     except SlurmUnavailable as e:
@@ -67,11 +91,11 @@ def counter_recipe(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def synth_shards(tmp_path_factory) -> dict[str, Path]:
+def synth_shards(slurm_tmp) -> dict[str, Path]:
     """Synthetic pedestrians packed as a LUPerson-style set and a Market-1501-style set (real shards)."""
     from shard_tools.cli import main as shard_tools
 
-    root = tmp_path_factory.mktemp("data")
+    root = slurm_tmp / "data"
     assert shard_tools(["synth", str(root / "synth"), "--identities", "20", "--unlabeled", "200"]) == 0
     lup, market = root / "synth-lup" / "shards", root / "synth-market" / "shards"
     assert shard_tools(["pack", "luperson", str(root / "synth" / "unlabeled"), str(lup), "--maxcount", "100",

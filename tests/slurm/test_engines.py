@@ -31,9 +31,9 @@ def _ckpt_step(run_dir: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def pretrained(slurm_cluster, synth_shards, tmp_path_factory):
+def pretrained(slurm_cluster, synth_shards, slurm_tmp):
     """A tiny pretraining job run to completion on Slurm, and a twin requeued three times meanwhile."""
-    root = tmp_path_factory.mktemp("pretrain")
+    root = slurm_tmp / "pretrain"
     common = [f"data.shards={synth_shards['luperson']}", f"cluster.runs_root={root}", *TINY_PRETRAIN]
     config = str(REPO / "configs/pretrain/tiny_cpu.yaml")
     plain = submit_training("pretrain", config, common, "localhost_slurm")
