@@ -41,7 +41,9 @@ class HeadConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.shared_head and self.patch_out_dim != self.out_dim:
-            raise ValueError(f"shared_head needs patch_out_dim == out_dim, got {self.patch_out_dim} != {self.out_dim}")
+            raise ValueError(
+                f"shared_head needs patch_out_dim == out_dim, got {self.patch_out_dim} != {self.out_dim}"
+            )
 
 
 @dataclass
@@ -115,9 +117,13 @@ class PretrainLossConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.warmup_teacher_temp_epochs < 0:
-            raise ValueError(f"warmup_teacher_temp_epochs must be >= 0, got {self.warmup_teacher_temp_epochs}")
+            raise ValueError(
+                f"warmup_teacher_temp_epochs must be >= 0, got {self.warmup_teacher_temp_epochs}"
+            )
         if self.lambda1 < 0 or self.lambda2 < 0 or self.lambda1 + self.lambda2 == 0:
-            raise ValueError(f"lambda1/lambda2 must be >= 0 and not both 0, got {self.lambda1}/{self.lambda2}")
+            raise ValueError(
+                f"lambda1/lambda2 must be >= 0 and not both 0, got {self.lambda1}/{self.lambda2}"
+            )
 
 
 @dataclass
@@ -150,7 +156,9 @@ class PretrainOptimConfig:
 
     def __post_init__(self) -> None:
         if self.base_lr <= 0 or self.max_lr <= 0 or self.min_lr < 0:
-            raise ValueError(f"base_lr/max_lr must be > 0 and min_lr >= 0, got {self.base_lr}/{self.max_lr}/{self.min_lr}")
+            raise ValueError(
+                f"base_lr/max_lr must be > 0 and min_lr >= 0, got {self.base_lr}/{self.max_lr}/{self.min_lr}"
+            )
         for name in ("warmup_epochs", "freeze_last_layer"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -205,4 +213,6 @@ class PretrainConfig:
                 "(the student masks are laid out on the model's patch grid)"
             )
         if self.optim.warmup_epochs > self.train.epochs:
-            raise ValueError(f"optim.warmup_epochs {self.optim.warmup_epochs} > train.epochs {self.train.epochs}")
+            raise ValueError(
+                f"optim.warmup_epochs {self.optim.warmup_epochs} > train.epochs {self.train.epochs}"
+            )

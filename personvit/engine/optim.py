@@ -11,7 +11,13 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["apply_schedule", "build_adamw", "cancel_last_layer_grads", "clip_grad_per_tensor_", "param_groups"]
+__all__ = [
+    "apply_schedule",
+    "build_adamw",
+    "cancel_last_layer_grads",
+    "clip_grad_per_tensor_",
+    "param_groups",
+]
 
 DECAY, NO_DECAY = "decay", "no_decay"
 

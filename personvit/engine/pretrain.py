@@ -58,8 +58,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def _layout(cfg: PretrainConfig, world_size: int, batches_per_epoch: int) -> dict[str, int]:
-    return {"world_size": world_size, "batch_size_per_rank": cfg.data.batch_size_per_rank,
-            "batches_per_epoch": batches_per_epoch}
+    return {
+        "world_size": world_size,
+        "batch_size_per_rank": cfg.data.batch_size_per_rank,
+        "batches_per_epoch": batches_per_epoch,
+    }
 
 
 @dataclass
@@ -88,8 +91,10 @@ class _Training:
         """Load a checkpoint's state; returns (step, epoch, next batch)."""
         if state["layout"] != self.layout:
             # Positions and schedules are indexed by (epoch, batch): another layout would change them.
-            raise CheckpointError(f"{state['_path']}: written by a run with {state['layout']}, this run has "
-                                  f"{self.layout}; resume needs the same world size and batch size (or a new run.dir)")
+            raise CheckpointError(
+                f"{state['_path']}: written by a run with {state['layout']}, this run has "
+                f"{self.layout}; resume needs the same world size and batch size (or a new run.dir)"
+            )
         self.student.load_state_dict(state["student"])
         self.teacher.load_state_dict(state["teacher"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -124,25 +129,56 @@ def _build(cfg: PretrainConfig, dist_info: DistInfo) -> _Training:
     rank, world, device = dist_info.rank, dist_info.world_size, dist_info.device
     loader = PretrainLoader(cfg.data, cfg.run.seed, rank, world)
     if loader.batches_per_epoch < 1:
-        raise ShardError(f"{cfg.data.shards}: {loader.num_samples} samples give no full batch of "
-                         f"{cfg.data.batch_size_per_rank} x {world} ranks")
+        raise ShardError(
+            f"{cfg.data.shards}: {loader.num_samples} samples give no full batch of "
+            f"{cfg.data.batch_size_per_rank} x {world} ranks"
+        )
     student, teacher = build_student_teacher(cfg.model, cfg.data.global_size, cfg.run.seed)
     lc = cfg.loss
-    loss_fn = DINOMIMLoss(cfg.model.head.out_dim, cfg.model.head.patch_out_dim, lc.student_temp, lc.teacher_temp,
-                          lc.warmup_teacher_temp, lc.teacher_patch_temp, lc.warmup_teacher_patch_temp,
-                          lc.warmup_teacher_temp_epochs, lc.center_momentum, lc.center_momentum2,
-                          lc.lambda1, lc.lambda2)
+    loss_fn = DINOMIMLoss(
+        cfg.model.head.out_dim,
+        cfg.model.head.patch_out_dim,
+        lc.student_temp,
+        lc.teacher_temp,
+        lc.warmup_teacher_temp,
+        lc.teacher_patch_temp,
+        lc.warmup_teacher_patch_temp,
+        lc.warmup_teacher_temp_epochs,
+        lc.center_momentum,
+        lc.center_momentum2,
+        lc.lambda1,
+        lc.lambda2,
+    )
     student.to(device), teacher.to(device), loss_fn.to(device)
     model = student
     if world > 1:
         model = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
-    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(cfg.train.precision, device) is torch.float16)
-    return _Training(student, teacher, model, loss_fn, build_adamw(student, tuple(cfg.optim.betas)), scaler, loader,
-                     _layout(cfg, world, loader.batches_per_epoch))
+    scaler = torch.amp.GradScaler(
+        device.type, enabled=autocast_dtype(cfg.train.precision, device) is torch.float16
+    )
+    return _Training(
+        student,
+        teacher,
+        model,
+        loss_fn,
+        build_adamw(student, tuple(cfg.optim.betas)),
+        scaler,
+        loader,
+        _layout(cfg, world, loader.batches_per_epoch),
+    )
 
 
-def _step(t: _Training, batch, views: list[torch.Tensor], epoch: int, momentum: float, cfg: PretrainConfig,
-          autocast, world: int, on_non_finite) -> tuple[float, float, float]:
+def _step(
+    t: _Training,
+    batch,
+    views: list[torch.Tensor],
+    epoch: int,
+    momentum: float,
+    cfg: PretrainConfig,
+    autocast,
+    world: int,
+    on_non_finite,
+) -> tuple[float, float, float]:
     """Forward both networks, check the loss, backward, clip, step, EMA; returns rank-averaged (total, dino, mim)."""
     masks = batch.masks.to(views[0].device, non_blocking=True)
     with autocast:
@@ -175,11 +211,20 @@ def _train(cfg: PretrainConfig, dist_info: DistInfo) -> dict[str, Any]:
     niter = t.loader.batches_per_epoch
     total_steps = cfg.train.epochs * niter
     o = cfg.optim
-    sched = pretrain_schedules(o.scaled_lr(cfg.data.batch_size_per_rank * world), o.min_lr, o.warmup_epochs,
-                               o.weight_decay, o.weight_decay_end, o.momentum_teacher, o.momentum_teacher_end,
-                               cfg.train.epochs, niter)
-    ckpt = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last, cfg.checkpoint.keep_every_epochs,
-                             is_main)
+    sched = pretrain_schedules(
+        o.scaled_lr(cfg.data.batch_size_per_rank * world),
+        o.min_lr,
+        o.warmup_epochs,
+        o.weight_decay,
+        o.weight_decay_end,
+        o.momentum_teacher,
+        o.momentum_teacher_end,
+        cfg.train.epochs,
+        niter,
+    )
+    ckpt = CheckpointManager(
+        run_dir / "checkpoints", cfg.checkpoint.keep_last, cfg.checkpoint.keep_every_epochs, is_main
+    )
     state = ckpt.load_latest() if cfg.checkpoint.resume else None
     if state is not None:
         step, epoch, start_batch = t.restore(state)
@@ -189,21 +234,28 @@ def _train(cfg: PretrainConfig, dist_info: DistInfo) -> dict[str, Any]:
         step, epoch, start_batch = 0, 0, 0
         if cfg.model.init:
             init_backbone(t.student, t.teacher, cfg.model.init)
-    metrics = MetricsLogger(run_dir / "metrics.jsonl", is_main, run_dir / "tb" if cfg.run.tensorboard else None)
+    metrics = MetricsLogger(
+        run_dir / "metrics.jsonl", is_main, run_dir / "tb" if cfg.run.tensorboard else None
+    )
     metrics.truncate_after(step)
     amp_dtype = autocast_dtype(cfg.train.precision, device)
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    autocast = (
+        torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    )
 
     def non_finite(**terms: float) -> None:
         bad = ", ".join(f"{k}={v}" for k, v in terms.items() if not math.isfinite(v))
-        raise NonFiniteLossError(f"non-finite loss at step {step} (epoch {epoch}, batch {batch.index}): {bad}; "
-                                 f"stopped before the update, last good checkpoint: {ckpt.latest()}")
+        raise NonFiniteLossError(
+            f"non-finite loss at step {step} (epoch {epoch}, batch {batch.index}): {bad}; "
+            f"stopped before the update, last good checkpoint: {ckpt.latest()}"
+        )
 
     last_loss = float("nan")
     window = _Window()
     t.student.train()
-    with ProgressReporter(total_steps, "pretrain", enabled=is_main, every_s=cfg.run.progress_every_s,
-                          initial=step) as progress:
+    with ProgressReporter(
+        total_steps, "pretrain", enabled=is_main, every_s=cfg.run.progress_every_s, initial=step
+    ) as progress:
         while epoch < cfg.train.epochs:
             temps = t.loss_fn.temperatures(epoch)
             batches = t.loader.iter_epoch(epoch, start_batch)
@@ -216,14 +268,26 @@ def _train(cfg: PretrainConfig, dist_info: DistInfo) -> dict[str, Any]:
                 # a function of (step, rank), not of the run's history: what makes resume exact.
                 seed_step(cfg.run.seed, step, rank)
                 views = batch.views(device)
-                last_loss, dino, mim = _step(t, batch, views, epoch, momentum, cfg, autocast, world, non_finite)
+                last_loss, dino, mim = _step(
+                    t, batch, views, epoch, momentum, cfg, autocast, world, non_finite
+                )
                 step += 1
                 window.steps += 1
                 if step % cfg.run.log_every_steps == 0 or step == total_steps:
-                    metrics.log(step=step, epoch=epoch, loss=last_loss, dino=dino, mim=mim, lr=lr, wd=wd,
-                                momentum=momentum, teacher_temp=temps[0], teacher_patch_temp=temps[1],
-                                **window.rates(cfg.data.batch_size_per_rank * world),
-                                corrupt_skipped=t.loader.corrupt_skipped)
+                    metrics.log(
+                        step=step,
+                        epoch=epoch,
+                        loss=last_loss,
+                        dino=dino,
+                        mim=mim,
+                        lr=lr,
+                        wd=wd,
+                        momentum=momentum,
+                        teacher_temp=temps[0],
+                        teacher_patch_temp=temps[1],
+                        **window.rates(cfg.data.batch_size_per_rank * world),
+                        corrupt_skipped=t.loader.corrupt_skipped,
+                    )
                 progress.advance(1, epoch=epoch, loss=last_loss, lr=lr)
 
                 end_of_epoch = batch.index == niter - 1
@@ -235,7 +299,9 @@ def _train(cfg: PretrainConfig, dist_info: DistInfo) -> dict[str, Any]:
                     if not (end_of_epoch or periodic):
                         ckpt.save(t.state(*nxt), step, nxt[0], end_of_epoch=end_of_epoch)
                     barrier()
-                    log.warning("stop requested (%s): checkpoint of step %d saved", preemption.stop_reason(), step)
+                    log.warning(
+                        "stop requested (%s): checkpoint of step %d saved", preemption.stop_reason(), step
+                    )
                     raise preemption.Preempted(step, preemption.stop_reason())
             epoch, start_batch = epoch + 1, 0
 
@@ -244,8 +310,13 @@ def _train(cfg: PretrainConfig, dist_info: DistInfo) -> dict[str, Any]:
     final = ckpt.latest()
     if is_main:
         log.info("pretraining done: %d steps, final checkpoint %s", step, final)
-    return {"run_dir": str(run_dir), "step": step, "epoch": epoch, "checkpoint": str(final) if final else None,
-            "loss": last_loss}
+    return {
+        "run_dir": str(run_dir),
+        "step": step,
+        "epoch": epoch,
+        "checkpoint": str(final) if final else None,
+        "loss": last_loss,
+    }
 
 
 class _Window:

@@ -41,7 +41,9 @@ def cosine_schedule(
         float64 array of length `epochs * niter_per_ep`.
     """
     if epochs < 1 or niter_per_ep < 1:
-        raise ValueError(f"cosine_schedule: epochs and niter_per_ep must be >= 1, got {epochs}, {niter_per_ep}")
+        raise ValueError(
+            f"cosine_schedule: epochs and niter_per_ep must be >= 1, got {epochs}, {niter_per_ep}"
+        )
     if not 0 <= warmup_epochs <= epochs:
         raise ValueError(f"cosine_schedule: warmup_epochs must be in [0, {epochs}], got {warmup_epochs}")
     warmup_iters = warmup_epochs * niter_per_ep

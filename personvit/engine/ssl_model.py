@@ -22,12 +22,24 @@ __all__ = ["build_student_teacher", "ema_update_", "init_backbone"]
 
 
 def _build(cfg: PretrainModelConfig, img_size: Sequence[int], drop_path_rate: float) -> MultiCropWrapper:
-    backbone = build_vit(cfg.arch, img_size=tuple(img_size), attn_backend=cfg.attn_backend,
-                         drop_path_rate=drop_path_rate, **cfg.vit_overrides())
+    backbone = build_vit(
+        cfg.arch,
+        img_size=tuple(img_size),
+        attn_backend=cfg.attn_backend,
+        drop_path_rate=drop_path_rate,
+        **cfg.vit_overrides(),
+    )
     h = cfg.head
-    head = DINOHead(backbone.embed_dim, out_dim=h.out_dim, patch_out_dim=h.patch_out_dim, hidden_dim=h.hidden_dim,
-                    bottleneck_dim=h.bottleneck_dim, nlayers=h.nlayers, shared_head=h.shared_head,
-                    norm_last_layer=h.norm_last_layer)
+    head = DINOHead(
+        backbone.embed_dim,
+        out_dim=h.out_dim,
+        patch_out_dim=h.patch_out_dim,
+        hidden_dim=h.hidden_dim,
+        bottleneck_dim=h.bottleneck_dim,
+        nlayers=h.nlayers,
+        shared_head=h.shared_head,
+        norm_last_layer=h.norm_last_layer,
+    )
     return MultiCropWrapper(backbone, head)
 
 

@@ -156,8 +156,14 @@ def run_once(
     """
     t0 = time.monotonic()
     with tempfile.TemporaryFile() as log:  # a file, not a pipe: a chatty run can never block on it
-        proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, env=dict(env) if env else None,
-                                cwd=cwd, start_new_session=True)
+        proc = subprocess.Popen(
+            list(cmd),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
         killed = False
         try:
             while proc.poll() is None:
@@ -165,7 +171,9 @@ def run_once(
                     kill_tree(proc.pid)
                     proc.wait()
                     log.seek(0)
-                    raise AssertionError(f"{' '.join(cmd)} ran past {timeout:.0f} s:\n{log.read().decode()[-4000:]}")
+                    raise AssertionError(
+                        f"{' '.join(cmd)} ran past {timeout:.0f} s:\n{log.read().decode()[-4000:]}"
+                    )
                 if trigger is not None and trigger():
                     kill_tree(proc.pid)
                     killed = True

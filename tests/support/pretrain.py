@@ -44,8 +44,16 @@ def pretrain_cmd(shards: Path, run_dir: Path, *overrides: str, nproc: int = 1) -
     args = ["pretrain", str(TINY_CONFIG), f"data.shards={shards}", f"run.dir={run_dir}", *SMALL, *overrides]
     if nproc == 1:
         return [sys.executable, "-m", "personvit", *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "personvit", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "personvit",
+        *args,
+    ]
 
 
 def subprocess_env() -> dict[str, str]:

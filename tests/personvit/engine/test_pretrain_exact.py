@@ -46,8 +46,12 @@ def references(shards, tmp_path_factory) -> dict[int, Path]:
     def get(world: int) -> Path:
         if world not in cache:
             run_dir = root / f"ws{world}"
-            attempt = run_once(pretrain_cmd(shards, run_dir, *RUN, "data.num_workers=0", nproc=world),
-                               env=subprocess_env(), cwd=root, timeout=240)
+            attempt = run_once(
+                pretrain_cmd(shards, run_dir, *RUN, "data.num_workers=0", nproc=world),
+                env=subprocess_env(),
+                cwd=root,
+                timeout=240,
+            )
             assert attempt.returncode == 0, attempt.output[-4000:]
             cache[world] = run_dir
         return cache[world]
@@ -68,13 +72,21 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 def _ckpt_compare(a: Path, b: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "personvit", "ckpt", "compare", str(a), str(b)],
-                          capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "personvit", "ckpt", "compare", str(a), str(b)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("world", "workers", "kills"), [(1, 0, 2), (1, 2, 1), (2, 0, 2), (2, 2, 1)],
-                         ids=["ws1-w0", "ws1-w2", "ws2-w0", "ws2-w2"])
+@pytest.mark.parametrize(
+    ("world", "workers", "kills"),
+    [(1, 0, 2), (1, 2, 1), (2, 0, 2), (2, 2, 1)],
+    ids=["ws1-w0", "ws1-w2", "ws2-w0", "ws2-w2"],
+)
 def test_sigkill_and_rerun_ends_bitwise_equal(shards, references, tmp_path, world, workers, kills):
     total = EPOCHS * IMAGES // (BATCH * world)
     seed = int(os.environ.get("PERSONVIT_KILL_SEED", random.randrange(2**31)))
@@ -90,7 +102,9 @@ def test_sigkill_and_rerun_ends_bitwise_equal(shards, references, tmp_path, worl
     triggers = [metrics_step_reached(run_dir / "metrics.jsonl", steps[0])]
     triggers += [checkpoint_step_reached(run_dir / "checkpoints", s) for s in steps[1:]]
     attempts = kill_and_resume(cmd, triggers, env=subprocess_env(), cwd=tmp_path, timeout=240)
-    resumes = [line.split(": ", 1)[-1] for a in attempts for line in a.output.splitlines() if "resumed from" in line]
+    resumes = [
+        line.split(": ", 1)[-1] for a in attempts for line in a.output.splitlines() if "resumed from" in line
+    ]
     context = f"PERSONVIT_KILL_SEED={seed}, killed after steps {steps} of {total}; {resumes}"
     assert [a.killed for a in attempts] == [True] * kills + [False], context
     assert "resumed from" in attempts[-1].output, context

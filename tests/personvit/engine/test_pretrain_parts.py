@@ -17,9 +17,16 @@ from personvit.engine.optim import (
 )
 from personvit.engine.ssl_model import build_student_teacher, ema_update_, init_backbone
 
-TINY = PretrainModelConfig(arch="vit_tiny", patch_size=8, embed_dim=32, depth=2, num_heads=2, drop_path_rate=0.1,
-                           attn_backend="sdpa",
-                           head=HeadConfig(out_dim=64, patch_out_dim=64, hidden_dim=48, bottleneck_dim=16))
+TINY = PretrainModelConfig(
+    arch="vit_tiny",
+    patch_size=8,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    drop_path_rate=0.1,
+    attn_backend="sdpa",
+    head=HeadConfig(out_dim=64, patch_out_dim=64, hidden_dim=48, bottleneck_dim=16),
+)
 IMG = (64, 32)
 
 
@@ -50,7 +57,9 @@ def test_scheduled_weight_decay_reaches_only_the_decay_group(pair):
         p.grad = torch.zeros_like(p)  # Adam's own update is 0: only decoupled decay moves weights
     opt.step()
     after = dict(student.named_parameters())
-    assert torch.allclose(after["backbone.blocks.0.attn.qkv.weight"], before["backbone.blocks.0.attn.qkv.weight"] * 0.95)
+    assert torch.allclose(
+        after["backbone.blocks.0.attn.qkv.weight"], before["backbone.blocks.0.attn.qkv.weight"] * 0.95
+    )
     assert torch.equal(after["backbone.norm.weight"], before["backbone.norm.weight"])
     assert [g["lr"] for g in opt.param_groups] == [0.1, 0.1]
     assert [g["weight_decay"] for g in opt.param_groups] == [0.5, 0.0]
@@ -88,7 +97,9 @@ def test_student_and_teacher_start_equal_deterministic_and_leave_global_rng_alon
     assert s_state.keys() == t_state.keys()
     assert all(torch.equal(s_state[k], t_state[k]) for k in s_state)
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in s_state.items())
-    assert not torch.equal(s_state["backbone.blocks.0.attn.qkv.weight"], other.state_dict()["backbone.blocks.0.attn.qkv.weight"])
+    assert not torch.equal(
+        s_state["backbone.blocks.0.attn.qkv.weight"], other.state_dict()["backbone.blocks.0.attn.qkv.weight"]
+    )
     assert not any(p.requires_grad for p in teacher.parameters())
     assert any(isinstance(m, DropPath) for m in student.modules())
     assert not any(isinstance(m, DropPath) for m in teacher.modules())
@@ -113,8 +124,9 @@ def test_ema_update_moves_teacher_towards_student(pair):
 def test_init_from_a_timm_state_dict_file(pair, tmp_path):
     student, teacher = pair
     # A timm ViT laid out for a square 32x32 input (4x4 grid): the position grid must be resized to 8x4.
-    vit = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2,
-                                                           num_heads=2, num_classes=10)
+    vit = timm.models.vision_transformer.VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10
+    )
     path = tmp_path / "timm_vit.pth"
     torch.save(vit.state_dict(), path)
     report = init_backbone(student, teacher, str(path))

@@ -63,8 +63,15 @@ def test_loss_decreases_against_a_fixed_teacher(shards, tmp_path):
     # With the EMA and the centres running, the DINO term of a tiny net first *rises* towards ln(K)
     # while the centre settles (notes/tiny-ssl.md: flat for hundreds of steps), so a short run says
     # little. Freezing the teacher and the centres fixes the objective: then the student must fit it.
-    cfg = _cfg(shards, tmp_path / "run", "train.epochs=5", "loss.warmup_teacher_temp_epochs=0",
-               "optim.momentum_teacher=1.0", "loss.center_momentum=1.0", "loss.center_momentum2=1.0")
+    cfg = _cfg(
+        shards,
+        tmp_path / "run",
+        "train.epochs=5",
+        "loss.warmup_teacher_temp_epochs=0",
+        "optim.momentum_teacher=1.0",
+        "loss.center_momentum=1.0",
+        "loss.center_momentum2=1.0",
+    )
     run(cfg)
     rows = _metrics(tmp_path / "run")
     first = {k: sum(r[k] for r in rows[:STEPS_PER_EPOCH]) / STEPS_PER_EPOCH for k in ("loss", "dino", "mim")}
@@ -74,25 +81,46 @@ def test_loss_decreases_against_a_fixed_teacher(shards, tmp_path):
 
 
 def test_logs_and_checkpoint_state_follow_the_recipe(shards, tmp_path):
-    cfg = _cfg(shards, tmp_path / "run", "train.epochs=2", "checkpoint.every_steps=3", "checkpoint.keep_every_epochs=1")
+    cfg = _cfg(
+        shards,
+        tmp_path / "run",
+        "train.epochs=2",
+        "checkpoint.every_steps=3",
+        "checkpoint.keep_every_epochs=1",
+    )
     result = run(cfg)
     total = 2 * STEPS_PER_EPOCH
     # Saved at 3, 6, 8 (epoch end), 9, 12, 15, 16 (epoch end): the last 2 plus every epoch end remain.
-    kept = [load_checkpoint(p)["step"] for p in CheckpointManager(tmp_path / "run" / "checkpoints").committed()]
+    kept = [
+        load_checkpoint(p)["step"] for p in CheckpointManager(tmp_path / "run" / "checkpoints").committed()
+    ]
     assert kept == [8, 15, 16]
     assert result["step"] == total and result["epoch"] == 2
     rows = _metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == list(range(1, total + 1))
     for r in rows:
         assert r["loss"] == pytest.approx(r["dino"] + r["mim"], rel=1e-5)
-        assert {"lr", "wd", "momentum", "teacher_temp", "teacher_patch_temp", "images_per_s", "data_wait"} <= r.keys()
+        assert {
+            "lr",
+            "wd",
+            "momentum",
+            "teacher_temp",
+            "teacher_patch_temp",
+            "images_per_s",
+            "data_wait",
+        } <= r.keys()
         assert 0.0 <= r["data_wait"] <= 1.0 and r["images_per_s"] > 0
     lrs = [r["lr"] for r in rows]
     peak = min(8e-3 * 16 / 256, 2e-3)
-    assert max(lrs) == pytest.approx(peak, rel=1e-6) and lrs.index(max(lrs)) == STEPS_PER_EPOCH - 1  # 1 warm-up epoch
+    assert (
+        max(lrs) == pytest.approx(peak, rel=1e-6) and lrs.index(max(lrs)) == STEPS_PER_EPOCH - 1
+    )  # 1 warm-up epoch
     momentum, wd = [r["momentum"] for r in rows], [r["wd"] for r in rows]
     assert all(b > a for a, b in zip(momentum, momentum[1:])) and all(b > a for a, b in zip(wd, wd[1:]))
-    assert [r["teacher_temp"] for r in rows[:: STEPS_PER_EPOCH]] == [0.04, 0.07]  # 2 warm-up epochs: 0.04 -> 0.07
+    assert [r["teacher_temp"] for r in rows[::STEPS_PER_EPOCH]] == [
+        0.04,
+        0.07,
+    ]  # 2 warm-up epochs: 0.04 -> 0.07
 
     payload = load_checkpoint(result["checkpoint"])
     state = payload["state"]
@@ -101,8 +129,10 @@ def test_logs_and_checkpoint_state_follow_the_recipe(shards, tmp_path):
     assert state["loader"] == {"epoch": 2, "next_batch": 0, "corrupt_skipped": 0}
     assert state["loss"]["center"].abs().sum() > 0  # centres moved and were saved
     # The teacher is an EMA, not a copy: it differs from the student after training.
-    assert not torch.equal(state["teacher"]["backbone.blocks.0.attn.qkv.weight"],
-                           state["student"]["backbone.blocks.0.attn.qkv.weight"])
+    assert not torch.equal(
+        state["teacher"]["backbone.blocks.0.attn.qkv.weight"],
+        state["student"]["backbone.blocks.0.attn.qkv.weight"],
+    )
     # Epoch 0 froze the last layer: its AdamW state starts one epoch late.
     steps = {int(s["step"]) for s in state["optimizer"]["state"].values()}
     assert steps == {total, total - STEPS_PER_EPOCH}
@@ -164,12 +194,21 @@ def test_without_mim_the_patch_term_is_logged_but_not_trained(shards, tmp_path):
 
 def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(shards, tmp_path):
     run_dir = tmp_path / "run"
-    cmd = pretrain_cmd(shards, run_dir, "optim.base_lr=1e30", "optim.max_lr=1e30", "optim.warmup_epochs=0",
-                       "checkpoint.every_steps=1", "train.epochs=1")
+    cmd = pretrain_cmd(
+        shards,
+        run_dir,
+        "optim.base_lr=1e30",
+        "optim.max_lr=1e30",
+        "optim.warmup_epochs=0",
+        "checkpoint.every_steps=1",
+        "train.epochs=1",
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=180)
     assert proc.returncode == 1, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("personvit pretrain: error:")]
-    assert len(errors) == 1 and "non-finite loss at step 1" in errors[0] and "dino=nan" in errors[0], proc.stderr[-2000:]
+    assert len(errors) == 1 and "non-finite loss at step 1" in errors[0] and "dino=nan" in errors[0], (
+        proc.stderr[-2000:]
+    )
     assert "Traceback" not in proc.stderr
     latest = CheckpointManager(run_dir / "checkpoints").latest()
     assert latest is not None and load_checkpoint(latest)["step"] == 1
@@ -182,15 +221,24 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(
     ("train.precision=fp64", "'train.precision': must be one of"),
 ])  # fmt: skip
 def test_config_mistakes_are_one_line_errors(shards, tmp_path, capsys, override, message):
-    status = cli_main(["pretrain", str(TINY_CONFIG), f"data.shards={shards}", f"run.dir={tmp_path}", override])
+    status = cli_main(
+        ["pretrain", str(TINY_CONFIG), f"data.shards={shards}", f"run.dir={tmp_path}", override]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1 and message in err[0], err
 
 
 def test_resume_with_another_batch_layout_is_refused(shards, tmp_path, capsys):
     run(_cfg(shards, tmp_path / "run", "train.epochs=1"))
-    argv = ["pretrain", str(TINY_CONFIG), f"data.shards={shards}", f"run.dir={tmp_path / 'run'}", *SMALL,
-            "data.batch_size_per_rank=8", "train.epochs=2"]
+    argv = [
+        "pretrain",
+        str(TINY_CONFIG),
+        f"data.shards={shards}",
+        f"run.dir={tmp_path / 'run'}",
+        *SMALL,
+        "data.batch_size_per_rank=8",
+        "train.epochs=2",
+    ]
     assert cli_main(argv) == 2
     err = capsys.readouterr().err
     assert "resume needs the same world size and batch size" in err and "'batch_size_per_rank': 16" in err
