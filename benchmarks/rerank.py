@@ -6,7 +6,7 @@ transcribed below. Each measurement runs in its own subprocess on the same clust
 (dim 384, L2-normalised, as ViT-S features); peak RSS is the process high-water mark during the call
 (reset after the features are built; it includes the ~0.5 GB torch import). Targets (issue 6):
 Market size <= 0.2x the baseline's time and <= 2 GB; MSMT17 size runnable on 24 GiB (ours only:
-the baseline would need ~130 GB).
+the baseline's dense (Q+G)^2 matrices would need over 100 GB).
 
     python benchmarks/rerank.py [--sizes market msmt17] [--threads 2]
 """

@@ -2,10 +2,11 @@
 
 Same result as the classic dense implementation used by TransReID / fast-reid / the authors'
 code (`re_ranking(q, g, k1=20, k2=6, lambda_value=0.3)`), without its (Q+G)^2 matrices: the classic
-holds the full distance, rank, V and V_qe matrices (~5 GB at Market size, ~130 GB at MSMT17 size).
-Here only the k1+1 nearest neighbours per image, the sparse k-reciprocal weights V (~40 non-zeros
-per row, ~200 after query expansion) and the [Q, G] output are kept; distances are computed in
-row blocks. Memory: O(N * k1 + Q * G) with N = Q + G.
+holds the full distance, rank, V and V_qe matrices (6.4 GB measured at Market size; over 100 GB at
+MSMT17 size). Here only the k1+1 nearest neighbours per image, the sparse k-reciprocal weights V
+(at most k1+1 + (k1+1)(round(k1/2)+1) non-zeros per row, at most k2 times that after query
+expansion) and the [Q, G] output are kept; distances are computed in row blocks.
+Memory: O(N * k1 * k2 + Q * G) with N = Q + G.
 
 Distances: the algorithm works on SQUARED Euclidean distances, as the classic code does (TransReID
 and fast-reid feed it squared distances; Zhong's original squares its Euclidean inputs). From
