@@ -92,7 +92,7 @@ def _run_model_kind(args: argparse.Namespace, out: Path) -> list[Path]:
         for ka, kb in pairs:
             samples = load_samples(args.shards, args.split, keys=[ka, kb])
             x, images = to_batch([s.image for s in samples], lm)
-            captions = tuple(f"{s.key} (pid {s.pid}, cam {s.camid})" for s in samples)
+            captions = tuple([s.key, f"pid {s.pid}, cam {s.camid}"] for s in samples)
             paths.append(write_correspondence(lm.model, x, images, captions, (ka, kb), args.top, lm.step_tag, out))
         return paths
     samples = load_samples(args.shards, args.split, keys=args.keys, count=args.num, seed=args.seed)

@@ -44,14 +44,14 @@ def mutual_nearest_neighbours(fa: torch.Tensor, fb: torch.Tensor, top: int | Non
 
 
 def render_correspondence(img_a: Image.Image, img_b: Image.Image, pairs: np.ndarray, grid: tuple[int, int],
-                          captions: tuple[str, str], title: str, height: int = 320) -> Image.Image:
+                          captions: tuple[list[str], list[str]], title: str, height: int = 320) -> Image.Image:
     """A and B side by side with a coloured line per pair between the patch centres.
 
     Args:
         img_a, img_b: RGB images the model saw (same size).
         pairs: [M, 3] rows of (patch in A, patch in B, similarity).
         grid: patch grid (h, w) of both images.
-        captions: captions of A and B.
+        captions: caption lines of A and B.
         title: figure caption.
         height: display height.
     """
@@ -72,9 +72,9 @@ def render_correspondence(img_a: Image.Image, img_b: Image.Image, pairs: np.ndar
         d.line([xa, ya, xb, yb], fill=colour, width=2)
         for x, y in ((xa, ya), (xb, yb)):
             d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour, outline=(255, 255, 255))
-    heads = draw.hstack([draw.titled(Image.new("RGB", (width, 1), draw.BG), [captions[0]]),
-                         Image.new("RGB", (gap, 1), draw.BG),
-                         draw.titled(Image.new("RGB", (width, 1), draw.BG), [captions[1]])], gap=0)
+    heads = draw.hstack([draw.titled(Image.new("RGB", (width + gap // 2, 1), draw.BG), captions[0], fit=True),
+                         draw.titled(Image.new("RGB", (width + gap - gap // 2, 1), draw.BG), captions[1], fit=True)],
+                         gap=0)
     sims = f"similarity {pairs[:, 2].min():.2f}-{pairs[:, 2].max():.2f}" if len(pairs) else "no mutual pair"
     note = f"line = mutual nearest-neighbour patch pair ({len(pairs)} strongest shown, {sims})"
     return draw.titled(draw.vstack([heads, canvas, draw.titled(Image.new("RGB", (1, 1), draw.BG), [note], size=12)],
@@ -82,7 +82,7 @@ def render_correspondence(img_a: Image.Image, img_b: Image.Image, pairs: np.ndar
 
 
 def write_correspondence(model: VisionTransformer, x: torch.Tensor, images: list[Image.Image],
-                         captions: tuple[str, str], keys: tuple[str, str], top: int, step_tag: str,
+                         captions: tuple[list[str], list[str]], keys: tuple[str, str], top: int, step_tag: str,
                          out_dir: Path) -> Path:
     """Draw the `top` strongest mutual pairs of the two images in `x`; returns the PNG path."""
     feats = patch_features(model, x)

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
     "BG", "GREEN", "RED", "BLUE", "font", "colormap", "heat_overlay", "titled", "hstack", "vstack",
-    "bordered", "colorbar", "legend", "output_path", "PALETTE",
+    "bordered", "colorbar", "elide", "legend", "output_path", "PALETTE",
 ]
 
 BG = (255, 255, 255)
@@ -63,9 +63,31 @@ def heat_overlay(image: Image.Image, heat: np.ndarray, alpha: float = 0.6) -> Im
     return Image.blend(image.convert("RGB"), colours, alpha)
 
 
-def titled(panel: Image.Image, lines: Sequence[str], size: int = 13, colour=(0, 0, 0)) -> Image.Image:
-    """The panel with one or more centred caption lines above it."""
+def elide(text: str, width: float, f: ImageFont.ImageFont) -> str:
+    """`text` shortened from the left ("...tail") to fit `width` pixels; keys differ at their end."""
+    if f.getlength(text) <= width:
+        return text
+    for cut in range(1, len(text)):
+        short = "..." + text[cut:]
+        if f.getlength(short) <= width:
+            return short
+    return text[-1:]
+
+
+def titled(panel: Image.Image, lines: Sequence[str], size: int = 13, colour=(0, 0, 0),
+           fit: bool = False) -> Image.Image:
+    """The panel with one or more centred caption lines above it.
+
+    Args:
+        panel: the image.
+        lines: caption lines.
+        size: font size.
+        colour: text colour.
+        fit: elide lines to the panel's width instead of widening the figure.
+    """
     f = font(size)
+    if fit:
+        lines = [elide(t, panel.width - 4, f) for t in lines]
     line_h = size + 4
     width = max([panel.width] + [int(f.getlength(t)) + 6 for t in lines])
     out = Image.new("RGB", (width, panel.height + line_h * len(lines) + 4), BG)

@@ -99,7 +99,7 @@ def render_clusters(images: list[Image.Image], assign: np.ndarray, k: int, grid:
             for p in np.flatnonzero(assign[j] == c):
                 cy, cx = (p // gw + 0.5) * height / gh, (p % gw + 0.5) * width / gw
                 d.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=draw.RED, outline=(255, 255, 255))
-            cells.append(draw.titled(cell, [keys[j][-14:]]) if c == 0 else cell)
+            cells.append(draw.titled(cell, [keys[j]], fit=True) if c == 0 else cell)
         share = 100.0 * float((assign == c).mean())
         label = draw.titled(Image.new("RGB", (110, 1), draw.BG), [f"cluster {c}", f"{share:.1f}% of patches"])
         rows.append(draw.hstack([label] + cells))

@@ -78,14 +78,14 @@ def render_ranks(query: Image.Image, gallery: list[Image.Image], ranked: RankedL
     def panel(im: Image.Image, colour, lines: list[str]) -> Image.Image:
         width = max(1, round(im.width * height / im.height))
         return draw.titled(draw.bordered(im.convert("RGB").resize((width, height), Image.Resampling.BICUBIC),
-                                         colour), lines, size=12)
+                                         colour), lines, size=12, fit=True)
 
     qi = ranked.query
-    cells = [panel(query, draw.BLUE, ["query", f"pid {data['q_pids'][qi]} cam {data['q_camids'][qi]}", ""])]
+    cells = [panel(query, draw.BLUE, ["query", f"pid {data['q_pids'][qi]} cam {data['q_camids'][qi]}", str(data["q_keys"][qi])])]
     for r, (gi, d, hit) in enumerate(zip(ranked.gallery, ranked.dist, ranked.hit), start=1):
         pid = int(data["g_pids"][gi])
         tag = {0: "distractor", -1: "junk"}.get(pid, f"pid {pid}")
         cells.append(panel(gallery[r - 1], draw.GREEN if hit else draw.RED,
-                           [f"#{r}  d={d:.4g}", f"{tag} cam {data['g_camids'][gi]}", str(data["g_keys"][gi])[-14:]]))
+                           [f"#{r}  d={d:.4g}", f"{tag} cam {data['g_camids'][gi]}", str(data["g_keys"][gi])]))
     legend = draw.legend([(draw.BLUE, "query"), (draw.GREEN, "same identity"), (draw.RED, "different identity")])
     return draw.vstack([draw.titled(draw.hstack(cells), [title], size=15), legend])
