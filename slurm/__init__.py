@@ -1,0 +1,18 @@
+"""Slurm launchers on submitit: `personvit-submit` and the local single-node Slurm for tests.
+
+    submit.py         the `personvit-submit` command (pretrain, finetune, sweep, pack, status, collect)
+    profiles.py       cluster profiles from configs/cluster/*.yaml -> submitit / sbatch parameters
+    launch.py         executor, sbatch rendering (dry run == real script), held submit + release, snapshots
+    jobs.py           callables run inside the job: TrainJob (preemption -> collective save -> requeue),
+                      CommandJob (shard-tools array tasks)
+    restarts.py       <run dir>/restarts.jsonl: starts, stops, requeues, ends and why
+    status.py         job state (squeue / sacct / run log), restarts, latest checkpoint, last metrics
+    sweep.py          checkpoints x datasets as one job array; results.md / results.csv
+    pack.py           `shard-tools pack` as a job array plus an afterok merge job
+    local_cluster.py  slurmctld + slurmd + slurmdbd/mariadb on 127.0.0.1 in a temp folder
+
+Preemption, end to end: Slurm sends USR2 `signal_delay_s` before the kill; personvit.preemption's
+handler (installed in front of submitit's) sets a flag; trainers all-reduce it every step, save a
+checkpoint together and raise `Preempted`; TrainJob then lets submitit's handler requeue the job
+(`scontrol requeue`), and the restarted job resumes from the run folder's `latest` checkpoint.
+"""

@@ -28,7 +28,7 @@ def _unavailable(reason: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def slurm_tmp():
+def slurm_tmp(request):
     """This session's private scratch folder.
 
     Not pytest's basetemp: pytest keeps only the three newest basetemp folders per user and deletes
@@ -36,8 +36,12 @@ def slurm_tmp():
     state and run folders of a session still running.
     """
     root = Path(tempfile.mkdtemp(prefix="personvit-slurm-tests-"))
+    failed_before = request.session.testsfailed
     yield root
-    shutil.rmtree(root, ignore_errors=True)
+    if request.session.testsfailed > failed_before:
+        print(f"\nkept {root} for inspection (logs, run folders, Slurm state)")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -42,3 +42,20 @@ def starts(run_dir: Path) -> int:
 def wait_done(job, timeout: float = 120.0) -> None:
     """Wait until submitit considers the job finished (result written or a final Slurm state)."""
     wait_for(f"job {job.job_id} to finish", lambda: job.done(force_check=True), timeout, every=1.0)
+
+
+def task_pids(job_id: str) -> dict[int, int]:
+    """{rank: pid} of the job's python tasks (submitit's `_submit` processes, not srun), via /proc."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = dict(kv.split(b"=", 1) for kv in (entry / "environ").read_bytes().split(b"\0") if b"=" in kv)
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (env.get(b"SLURM_JOB_ID") == job_id.encode() and b"submitit.core._submit" in argv
+                and not argv[0].endswith(b"srun")):
+            out[int(env.get(b"SLURM_PROCID", b"0"))] = int(entry.name)
+    return out

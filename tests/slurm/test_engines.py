@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from personvit.checkpoint import compare_checkpoints, load_checkpoint, resolve_c
 from slurm.restarts import read_events, restart_history
 from slurm.submit import submit_training
 from slurm.sweep import collect, submit_sweep
-from tests.slurm.helpers import starts, wait_for
+from tests.slurm.helpers import starts, task_pids, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slurm
@@ -44,6 +46,10 @@ def pretrained(slurm_cluster, synth_shards, slurm_tmp):
         floor = max(_ckpt_step(run_dir), 0)
         wait_for(f"attempt {attempt} past a new checkpoint", lambda f=floor: _ckpt_step(run_dir) > f, timeout=120)
         slurm_cluster.run("scontrol", "requeue", job.job_id)
+        # submitit ignores the requeue's SIGTERM, so the task would train on until SIGKILL (KillWait)
+        # and, on an idle machine, finish before the third requeue: kill it now, as a node loss would.
+        for pid in task_pids(job.job_id).values():
+            os.kill(pid, signal.SIGKILL)
     plain.jobs[0].result()
     job.result()
     return {"plain": plain.run_dirs()[0], "requeued": run_dir, "job": job}

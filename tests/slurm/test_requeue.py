@@ -21,7 +21,7 @@ from slurm.restarts import read_events, restart_history
 from slurm.status import run_status
 from slurm.submit import submit_training
 from tests.slurm import counter_job
-from tests.slurm.helpers import last_step, starts, wait_done, wait_for
+from tests.slurm.helpers import last_step, starts, task_pids, wait_done, wait_for
 
 ENTRY = "tests.slurm.counter_job:main"
 pytestmark = pytest.mark.slurm
@@ -69,7 +69,7 @@ def test_job_completes_and_status_reports_it(slurm, tmp_path, counter_recipe, re
 
 
 def test_submitit_preemption_saves_collectively_and_resumes(slurm, tmp_path, counter_recipe, reference):
-    job, run_dir = _submit(tmp_path, counter_recipe, "steps=40", "every_steps=0")
+    job, run_dir = _submit(tmp_path, counter_recipe, "steps=80", "every_steps=0")
     wait_for("a few steps", lambda: last_step(run_dir) >= 5)
     job._interrupt(timeout=False)  # submitit's own preemption: SIGTERM then USR2
     job.result()
@@ -79,12 +79,12 @@ def test_submitit_preemption_saves_collectively_and_resumes(slurm, tmp_path, cou
     # every_steps=0: the only checkpoint before the end is the one saved on the signal.
     assert [r.reason for r in restart_history(events)] == ["preempted"]
     assert restart_history(events)[0].step == stops[0]["step"] > 0
-    assert compare_checkpoints(run_dir, reference(40)) is None
+    assert compare_checkpoints(run_dir, reference(80)) is None
 
 
 def test_submitit_timeout_two_ranks_agree_and_resume(slurm, tmp_path, counter_recipe, reference):
     # timeout_min <= 10: submitit counts the interrupt as a time-out (one of max_requeues).
-    job, run_dir = _submit(tmp_path, counter_recipe, "steps=40", "every_steps=0", "cluster.tasks_per_node=2",
+    job, run_dir = _submit(tmp_path, counter_recipe, "steps=80", "every_steps=0", "cluster.tasks_per_node=2",
                            "cluster.timeout_min=5")
     wait_for("a few steps", lambda: last_step(run_dir) >= 5)
     job._interrupt(timeout=True)
@@ -93,18 +93,18 @@ def test_submitit_timeout_two_ranks_agree_and_resume(slurm, tmp_path, counter_re
     assert [r.reason for r in restart_history(events)] == ["timed-out"]
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert {r["world"] for r in rows} == {2} and {r["ranks_sum"] for r in rows} == {3.0}  # 2 real ranks
-    _model_equal(run_dir, reference(40))
+    _model_equal(run_dir, reference(80))
 
 
 def test_signal_on_one_rank_stops_both_at_the_same_step(slurm, tmp_path, counter_recipe, reference):
-    job, run_dir = _submit(tmp_path, counter_recipe, "steps=40", "every_steps=0", "cluster.tasks_per_node=2")
+    job, run_dir = _submit(tmp_path, counter_recipe, "steps=80", "every_steps=0", "cluster.tasks_per_node=2")
     wait_for("a few steps", lambda: last_step(run_dir) >= 5)
-    rank1 = wait_for("rank 1 process", lambda: _task_pid(job.job_id, rank=1))
+    rank1 = wait_for("rank 1 process", lambda: task_pids(job.job_id).get(1))
     os.kill(rank1, signal.SIGUSR2)  # only rank 1 is warned; rank 0 must learn it from the all-reduce
     job.results()
     stops = [e for e in read_events(run_dir) if e["event"] == "stop"]
     assert len(stops) == 1 and "another rank" in stops[0]["signal"]  # recorded by rank 0
-    _model_equal(run_dir, reference(40))
+    _model_equal(run_dir, reference(80))
 
 
 def test_cancelled_job_is_reported_cancelled_not_hung(slurm, tmp_path, counter_recipe, capsys):
@@ -132,19 +132,3 @@ def test_requeue_budget_is_enforced_and_logged(slurm, tmp_path, counter_recipe):
         job.result()
     end = [e for e in read_events(run_dir) if e["event"] == "end"]
     assert end and end[-1]["status"] == "requeue refused"
-
-
-def _task_pid(job_id: str, rank: int) -> int | None:
-    """PID of the python task with SLURM_PROCID=rank in this job (found through /proc)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            env = dict(kv.split(b"=", 1) for kv in (entry / "environ").read_bytes().split(b"\0") if b"=" in kv)
-            cmd = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if (env.get(b"SLURM_JOB_ID") == job_id.encode() and env.get(b"SLURM_PROCID") == str(rank).encode()
-                and b"submitit.core._submit" in cmd and b"srun" not in cmd.split(b"\0")[0]):
-            return int(entry.name)
-    return None
