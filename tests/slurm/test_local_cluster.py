@@ -32,7 +32,8 @@ def test_stop_kills_only_its_own_leftovers(tmp_path):
     cluster = LocalSlurm(tmp_path / "c", accounting=False, gpus=0)
     try:
         cluster.start()
-        job = cluster.run("sbatch", "--parsable", "--wrap", "srun sleep 300").stdout.strip()
+        job = cluster.run("sbatch", "--parsable", "-o", str(tmp_path / "job.out"), "--wrap",
+                          "srun sleep 300").stdout.strip()
         wait_for("job running", lambda: cluster.run("squeue", "-h", "-j", job, "-o", "%T").stdout.strip() == "RUNNING")
         wait_for("job step processes", lambda: len(leftover_pids(cluster.root)) > len(cluster.pids))
         os.kill(cluster.pids["slurmd"], signal.SIGKILL)  # the crash that orphans job steps
