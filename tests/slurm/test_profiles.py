@@ -103,3 +103,13 @@ def test_every_shipped_profile_loads_and_is_consistent():
 def test_unknown_profile_names_the_known_ones():
     with pytest.raises(ConfigError, match="unknown cluster profile 'a100'.*a100_8x8"):
         load_profile("a100")
+
+
+def test_real_recipe_is_validated_before_submission(capsys):
+    recipe = str(REPO / "configs/pretrain/tiny_cpu.yaml")
+    assert submit_main(["pretrain", recipe, "--cluster", "a100_8x8", "--dry-run", "train.epochs=7"]) == 0
+    printed = capsys.readouterr().out
+    assert "#SBATCH --nodes=8" in printed and "  epochs: 7" in printed.splitlines()
+    # A typo in the recipe fails on the login node, naming the key, with no sbatch involved.
+    assert submit_main(["pretrain", recipe, "--cluster", "a100_8x8", "train.epoch=7"]) == 2
+    assert "did you mean 'train.epochs'" in capsys.readouterr().err
