@@ -53,6 +53,14 @@ def tmp_path(slurm_tmp, request) -> Path:
 
 
 @pytest.fixture(scope="session")
+def slurm_available() -> None:
+    """Skip (fail under CI) when this machine cannot run the harness; for tests that start their own."""
+    why = missing_requirements(accounting=False)
+    if why:
+        _unavailable(why)
+
+
+@pytest.fixture(scope="session")
 def slurm_cluster(slurm_tmp):
     """A running single-node cluster; SLURM_CONF and PYTHONPATH exported for clients and jobs."""
     why = missing_requirements(accounting=True)

@@ -26,7 +26,7 @@ def test_impossible_job_is_rejected_at_submit(slurm):
     assert proc.returncode != 0 and "Node count specification invalid" in proc.stderr
 
 
-def test_stop_kills_only_its_own_leftovers(tmp_path):
+def test_stop_kills_only_its_own_leftovers(slurm_available, tmp_path):
     """A job step whose slurmd died is still found (by SLURM_CONF) and killed; a bystander lives."""
     bystander = subprocess.Popen(["sleep", "300"], env={**os.environ, "SLURM_CONF": "/elsewhere/slurm.conf"})
     cluster = LocalSlurm(tmp_path / "c", accounting=False, gpus=0)
