@@ -11,6 +11,9 @@ import sys
 
 from personvit import __version__
 
+# EX_TEMPFAIL: "try again later", which is what a preempted run asks for (fine-tuning uses it too).
+PREEMPTED_EXIT_CODE = 75
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("personvit.engine.pretrain", "self-supervised DINO+MIM pretraining (CONFIG [key=value ...])"),
     "finetune": ("personvit.engine.finetune", "BoT fine-tuning on a labeled ReID shard set (CONFIG [key=value ...])"),
@@ -45,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[cmd][0])
     from personvit.checkpoint import CheckpointError
     from personvit.config.core import ConfigError
+    from personvit.preemption import Preempted
 
     try:
         return int(module.main(rest) or 0)
@@ -52,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         # A user mistake: one line naming the culprit, no traceback.
         print(f"personvit {cmd}: error: {e}", file=sys.stderr)
         return 2
+    except Preempted as e:
+        # A checkpoint of this step is on disk; rerunning the same command resumes from it.
+        print(f"personvit {cmd}: stopped on request ({e}); checkpoint saved, rerun to resume", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
 
 
 if __name__ == "__main__":

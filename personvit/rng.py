@@ -13,9 +13,12 @@ sample 7 and the mask of sample 7 are uncorrelated.
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported lazily: shard_tools uses this module without paying ~3 s for torch
+    import torch
 
 
 class Stream(enum.IntEnum):
@@ -50,6 +53,8 @@ def numpy_rng(seed: int, stream: int, epoch: int = 0, index: int = 0) -> np.rand
 
 def torch_generator(seed: int, stream: int, epoch: int = 0, index: int = 0, device: str | torch.device = "cpu") -> torch.Generator:
     """A torch Generator for one (stream, epoch, index) draw."""
+    import torch
+
     g = torch.Generator(device=device)
     g.manual_seed(derive_seed(seed, stream, epoch, index))
     return g
@@ -61,5 +66,6 @@ def seed_step(seed: int, step: int, rank: int = 0) -> None:
     Drop path draws from the global generator inside modules; reseeding it per (step, rank) makes
     the draws a function of the position in training, not of history.
     """
-    s = derive_seed(seed, Stream.MODEL, step, rank)
-    torch.manual_seed(s)
+    import torch
+
+    torch.manual_seed(derive_seed(seed, Stream.MODEL, step, rank))
