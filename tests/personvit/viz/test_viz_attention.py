@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import IMG_SIZE, tiny_model
+from tests.support.viz_fixtures import IMG_SIZE, tiny_model
 from PIL import Image
 
 from personvit.viz.attention import cls_attention

@@ -62,7 +62,7 @@ def test_cli_figure(pretrain_run, shard_set, tmp_path):
 
 
 def test_head_features_are_the_checkpoint_heads_projection(pretrain_run, shard_set, tmp_path):
-    from conftest import IMG_SIZE, tiny_head, tiny_model
+    from tests.support.viz_fixtures import IMG_SIZE, tiny_head, tiny_model
 
     lm = load_model(pretrain_run)
     x = torch.randn(2, 3, *IMG_SIZE, generator=torch.Generator().manual_seed(0))
