@@ -16,14 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import write_results  # noqa: E402
 
 SIZES = {  # num_query, num_gallery, num_ids, num_cams
     "market": (3368, 15913, 751, 6),
@@ -154,14 +155,7 @@ def main() -> int:
         if "time_ratio" in e:
             print(f"{size}: time ours/baseline = {e['time_ratio']:.3f} (target <= 0.1), "
                   f"peak RSS ours/baseline = {e['rss_ratio']:.2f}, |dmAP| = {e['abs_diff_mAP']:.2e}")
-    stamp = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.node(),
-             "cpu_count": os.cpu_count(), "threads": args.threads}
-    out = Path(__file__).with_name("eval.json")
-    # Sizes are run separately (MSMT17 takes long): keep earlier sizes' results, each with its stamp.
-    results = json.loads(out.read_text())["results"] if out.exists() else {}
-    results.update({size: {**stamp, **entry} for size, entry in summary.items()})
-    out.write_text(json.dumps({"results": results}, indent=2))
-    print(f"wrote {out}")
+    write_results(Path(__file__).with_name("eval.json"), summary, args.threads)
     return 0
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from personvit.data.shards import ShardError, read_manifest
+from personvit.data.shards import ShardError, read_manifest, split_member_name
 from personvit.runlog import get_logger
 
 log = get_logger(__name__)
@@ -98,11 +98,9 @@ def read_reid_split(root: str | Path, split: str, check_images: bool = True) -> 
                 for m in tar:
                     if not m.isfile():
                         continue
-                    d, _, base = m.name.rpartition("/")
-                    stem, _, ext = base.partition(".")
-                    key = f"{d}/{stem}" if d else stem
+                    key, ext = split_member_name(m.name)
                     f = tar.extractfile(m)
-                    groups.setdefault(key, {})[ext.lower()] = f.read() if f is not None else b""
+                    groups.setdefault(key, {})[ext] = f.read() if f is not None else b""
         except (tarfile.TarError, OSError) as e:
             raise ShardError(f"{info.path}: unreadable tar ({e})") from None
         if len(groups) != info.num_samples:

@@ -157,6 +157,16 @@ class MemberRef:
     size: int
 
 
+def split_member_name(name: str) -> tuple[str, str]:
+    """(sample key, lower-case extension) of a tar member, as webdataset groups them.
+
+    The key is the member path up to the first dot of its basename: `a/b.jpg` -> (`a/b`, `jpg`).
+    """
+    d, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{d}/{stem}" if d else stem), ext.lower()
+
+
 def index_tar(path: Path, ext: str = "jpg") -> list[MemberRef]:
     """Sample index of a tar shard from its headers (data is seeked over, not read).
 
@@ -169,12 +179,10 @@ def index_tar(path: Path, ext: str = "jpg") -> list[MemberRef]:
             for m in tar:
                 if not m.isfile():
                     continue
-                d, _, base = m.name.rpartition("/")
-                stem, dot, suffix = base.partition(".")
-                key = f"{d}/{stem}" if d else stem
+                key, suffix = split_member_name(m.name)
                 if key not in refs:
                     refs[key] = MemberRef(key, 0, -1)
-                if dot and suffix.lower() == ext:
+                if suffix == ext:
                     refs[key] = MemberRef(key, m.offset_data, m.size)
     except (tarfile.TarError, OSError) as e:
         raise ShardError(f"{path}: unreadable tar ({e})") from None
