@@ -1,0 +1,284 @@
+"""`python -m personvit.demo` (`make demo`): the whole path on synthetic pedestrians, in minutes on a CPU.
+
+Stages: synthetic images -> shards (Market-1501 layout packed as labeled, `unlabeled/` as LUPerson)
+-> verify -> tiny DINO+MIM pretraining (one job) -> retrieval with the pretrained teacher vs random
+features, no fine-tuning -> fine-tuning from the teacher and from random init over seeds (one job
+array) -> the four visualisations -> `<out>/RESULTS.md`, `<out>/summary.json` and the printed table.
+
+Jobs go through a local Slurm cluster (`slurm.local_cluster.LocalSlurm`) when one can be started here
+(root and the Slurm packages), else through submitit's local executor; the first line says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PRETRAIN_CFG = REPO / "configs" / "pretrain" / "tiny_cpu.yaml"
+FINETUNE_CFG = REPO / "configs" / "finetune" / "tiny_cpu.yaml"
+VIZ_KINDS = ("attention", "patch-clusters", "correspondence", "ranks")
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How big the demo is: data, pretraining and fine-tuning length."""
+
+    identities: int  # labeled people, half train / half test
+    unlabeled: int  # pretraining images
+    pretrain_epochs: int
+    finetune_epochs: int
+    pretrain_batch: int
+
+
+SIZES = {
+    "full": DemoSize(identities=200, unlabeled=3000, pretrain_epochs=10, finetune_epochs=10, pretrain_batch=64),
+    "small": DemoSize(identities=20, unlabeled=128, pretrain_epochs=1, finetune_epochs=1, pretrain_batch=32),
+}
+
+# Colour is the main identity cue of the synthetic people: weak jitter, no grayscale
+# (notes/tiny-ssl.md: strong colour augmentation fought it).
+PRETRAIN_AUG = ["data.saturation=0.0", "data.hue=0.0", "data.grayscale_p=0.0", "data.brightness=0.2",
+                "data.contrast=0.2"]
+
+
+class Stages:
+    """Announces each stage with wall-clock timings and keeps them for the report."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.times: dict[str, float] = {}
+
+    def say(self, msg: str) -> None:
+        print(f"[demo {time.monotonic() - self.t0:6.1f}s] {msg}", flush=True)
+
+    def run(self, name: str, fn, *args, **kwargs):
+        self.say(f"== {name} ...")
+        start = time.monotonic()
+        out = fn(*args, **kwargs)
+        self.times[name] = time.monotonic() - start
+        self.say(f"== {name} done in {self.times[name]:.1f} s")
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- executor
+def choose_executor(wanted: str) -> tuple[str, str]:
+    """(`slurm` or `local`, why) for `--executor auto|slurm|local`."""
+    from slurm.local_cluster import missing_requirements
+
+    if wanted == "local":
+        return "local", "asked for with --executor local"
+    why = missing_requirements(accounting=True)
+    if why is None:
+        return "slurm", "root and the Slurm packages are present"
+    if wanted == "slurm":
+        raise SystemExit(f"personvit.demo: --executor slurm impossible here: {why}")
+    return "local", f"no local Slurm: {why}"
+
+
+def start_slurm(root: Path):
+    """A running local cluster with SLURM_CONF/PYTHONPATH exported for submitit and the jobs."""
+    from slurm.local_cluster import LocalSlurm
+
+    cluster = LocalSlurm(root, accounting=True).start()
+    os.environ["SLURM_CONF"] = str(cluster.conf)
+    return cluster
+
+
+def wait_jobs(stages: Stages, jobs: list, run_dirs: list[Path], every_s: float = 15.0) -> None:
+    """Block until every job ends, printing each run's latest logged step meanwhile; raise on failure."""
+    last = 0.0
+    while not all(j.done() for j in jobs):
+        if time.monotonic() - last >= every_s:
+            last = time.monotonic()
+            for job, run_dir in zip(jobs, run_dirs):
+                stages.say(f"   job {job.job_id} {job.state:<9} {run_dir.name}: {_latest_metrics(run_dir)}")
+        time.sleep(1.0)
+    for job, run_dir in zip(jobs, run_dirs):
+        try:
+            job.result()
+        except Exception as e:  # the job's own error, with submitit's log path
+            raise SystemExit(f"personvit.demo: job {job.job_id} ({run_dir}) failed: "
+                             f"{str(e).strip().splitlines()[-1] if str(e).strip() else e!r}; "
+                             f"log: {job.paths.stderr}") from None
+
+
+def _latest_metrics(run_dir: Path) -> str:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return "starting"
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    if not lines:
+        return "starting"
+    row = json.loads(lines[-1])
+    shown = {k: row[k] for k in ("step", "epoch", "loss", "dino", "mim") if k in row}
+    return " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+
+
+def submit_jobs(executor: str, folder: Path, name: str, jobs: list) -> list:
+    """Submit TrainJobs (several = one array) through the profile of `executor`; returns submitit jobs."""
+    from slurm.launch import submit
+    from slurm.profiles import load_profile
+
+    profile = load_profile("localhost_slurm" if executor == "slurm" else "local",
+                           ["timeout_min=60", "max_requeues=0"])
+    return submit(profile, folder / "%j", name, jobs).jobs  # submitit fills %j with <array>_<task> too
+
+
+# ---------------------------------------------------------------------------------------------- stages
+def make_data(out: Path, size: DemoSize) -> dict[str, Path]:
+    from shard_tools.pack import pack
+    from shard_tools.synth import make_synthetic
+
+    synth = out / "data" / "synth"
+    counts = make_synthetic(synth, identities=size.identities, unlabeled=size.unlabeled, seed=0,
+                            workers=os.cpu_count() or 1)
+    print(f"   rendered {counts}", flush=True)
+    market, lup = out / "data" / "market-shards", out / "data" / "luperson-shards"
+    pack("market1501", synth, market, maxcount=500, progress=False)
+    pack("luperson", synth / "unlabeled", lup, maxcount=500, progress=False)
+    return {"market": market, "luperson": lup}
+
+
+def verify_data(shards: dict[str, Path]) -> None:
+    from shard_tools.verify import verify
+
+    for name, folder in shards.items():
+        checked, problems = verify(folder, workers=1, decode=True)
+        if problems:
+            raise SystemExit(f"personvit.demo: shard verification of {folder} failed: {problems[0]}")
+        print(f"   {name}: {checked} shards verified (sha256, counts, every image decodes)", flush=True)
+
+
+def evaluate_features(out: Path, market: Path, init: str, name: str) -> dict:
+    """Retrieval with backbone features, no fine-tuning (`init` = a pretraining run, or '' = random)."""
+    from personvit.demo_report import read_results
+    from personvit.engine.evaluate import main as evaluate_main
+
+    run_dir = out / "eval-no-finetune" / name
+    evaluate_main([str(FINETUNE_CFG), f"data.shards={market}", f"model.init={init}", f"run.dir={run_dir}"])
+    return read_results(run_dir)
+
+
+def visualize(out: Path, pretrain_dir: Path, market: Path, ranks_from: Path) -> list[str]:
+    from personvit.viz.cli import main as viz_main
+
+    pngs: list[str] = []
+    for kind in VIZ_KINDS:
+        dest = out / "viz" / kind
+        if kind == "ranks":
+            argv = ["ranks", "--features", str(ranks_from), "--shards", str(market), "--num", "4", "--out", str(dest)]
+        else:
+            argv = [kind, "--ckpt", str(pretrain_dir), "--shards", str(market), "--out", str(dest)]
+        if viz_main(argv) != 0:
+            raise SystemExit(f"personvit.demo: personvit visualize {kind} failed")
+        found = sorted(dest.glob("*.png"))
+        if not found:
+            raise SystemExit(f"personvit.demo: personvit visualize {kind} wrote no PNG into {dest}")
+        pngs += [str(p.relative_to(out)) for p in found]
+    return pngs
+
+
+# ---------------------------------------------------------------------------------------------- main
+def run_demo(out: Path, size_name: str, seeds: int, executor_wanted: str) -> dict:
+    """Run every stage into `out`; returns the summary (also written to `out/summary.json`)."""
+    import torch
+
+    from personvit import demo_report as report
+    from slurm.jobs import TrainJob
+
+    size = SIZES[size_name]
+    stages = Stages()
+    executor, why = choose_executor(executor_wanted)
+    stages.say(f"PersonViT demo, size {size_name}, {seeds} seeds; jobs run through "
+               f"{'a local Slurm cluster' if executor == 'slurm' else 'submitit local executor'} ({why})")
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    out = out.resolve()
+    # Jobs import this checkout; one thread per fine-tune so two share the two cores.
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    cluster = stages.run("start local Slurm", start_slurm, out / "slurm") if executor == "slurm" else None
+    try:
+        shards = stages.run("synthetic pedestrians -> shards", make_data, out, size)
+        stages.run("verify shards", verify_data, shards)
+
+        pre_dir = out / "pretrain"
+        pre_over = [f"data.shards={shards['luperson']}", f"train.epochs={size.pretrain_epochs}",
+                    f"data.batch_size_per_rank={size.pretrain_batch}", "data.num_workers=0",
+                    "checkpoint.keep_every_epochs=0", *PRETRAIN_AUG]
+        os.environ["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
+        pre_jobs = submit_jobs(executor, out / "jobs", "demo-pretrain",
+                               [TrainJob("pretrain", str(PRETRAIN_CFG), pre_over, run_dir=str(pre_dir), max_requeues=0)])
+        stages.run("pretraining (1 job)", wait_jobs, stages, pre_jobs, [pre_dir])
+        losses = report.loss_first_last(pre_dir / "metrics.jsonl")
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        no_ft = {}
+        no_ft["pretrained teacher CLS"] = stages.run("retrieval, pretrained teacher, no fine-tuning",
+                                                     evaluate_features, out, shards["market"], str(pre_dir), "pretrained")
+        no_ft["random-init CLS"] = stages.run("retrieval, random init, no fine-tuning",
+                                              evaluate_features, out, shards["market"], "", "random")
+
+        tasks, run_dirs = [], []
+        for start, init in (("pretrained", str(pre_dir)), ("random", "")):
+            for seed in range(seeds):
+                run_dir = out / "finetune" / f"{start}-seed{seed}"
+                over = [f"data.shards={shards['market']}", f"model.init={init}", f"run.seed={seed}",
+                        f"train.epochs={size.finetune_epochs}"]
+                tasks.append(TrainJob("finetune", str(FINETUNE_CFG), over, run_dir=str(run_dir), max_requeues=0))
+                run_dirs.append(run_dir)
+        os.environ["OMP_NUM_THREADS"] = "1"
+        ft_jobs = submit_jobs(executor, out / "jobs", "demo-finetune", tasks)
+        stages.run(f"fine-tuning ({len(tasks)}-task job array)", wait_jobs, stages, ft_jobs, run_dirs)
+
+        starts = [report.StartResult("pretrained teacher"), report.StartResult("random init")]
+        for i, run_dir in enumerate(run_dirs):
+            starts[i // seeds].add(i % seeds, report.read_results(run_dir))
+        images = stages.run("visualisations", visualize, out, pre_dir, shards["market"], run_dirs[0])
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+    table = report.render_table(starts, no_ft, losses)
+    verdict = report.pretraining_verdict(starts[0], starts[1])
+    info = {"size": size_name, "executor": executor, "seeds": seeds, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "host": platform.node(), "cpus": os.cpu_count(),
+            "data": f"{size.identities} labeled identities (half train, half test), {size.unlabeled} unlabeled images",
+            "pretrain": f"{PRETRAIN_CFG.relative_to(REPO)}, {size.pretrain_epochs} epochs, batch {size.pretrain_batch}, "
+                        f"{' '.join(PRETRAIN_AUG)}",
+            "finetune": f"{FINETUNE_CFG.relative_to(REPO)}, {size.finetune_epochs} epochs"}
+    (out / "RESULTS.md").write_text(report.render_markdown(table, verdict, info, stages.times, images))
+    summary = {**info, "stage_seconds": stages.times, "total_seconds": time.monotonic() - stages.t0,
+               "losses": losses, "no_finetune": {k: {m: v[m] for m in ("mAP", "rank1")} for k, v in no_ft.items()},
+               "finetune": {s.name: {"seeds": s.seeds, "mAP": s.mAP, "rank1": s.rank1} for s in starts},
+               "verdict": verdict, "images": images}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print("\n" + table + "\n\n" + verdict, flush=True)
+    stages.say(f"done in {summary['total_seconds']:.0f} s; report: {out / 'RESULTS.md'}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m personvit.demo", description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="demo_out", help="output folder (replaced; default demo_out)")
+    p.add_argument("--size", choices=sorted(SIZES), default="full", help="full (~15 min) or small (CI)")
+    p.add_argument("--seeds", type=int, default=2, help="fine-tuning seeds per start (default 2)")
+    p.add_argument("--executor", choices=["auto", "slurm", "local"], default="auto",
+                   help="auto: local Slurm when it can be started here, else submitit's local executor")
+    args = p.parse_args(argv)
+    if args.seeds < 1:
+        raise SystemExit(f"personvit.demo: --seeds must be >= 1, got {args.seeds}")
+    run_demo(Path(args.out), args.size, args.seeds, args.executor)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""The demo's results: read the run folders, aggregate over seeds, render the table and RESULTS.md.
+
+Pure functions over what the runs wrote (`results.json`, `metrics.jsonl`), so the table can be
+rebuilt from a finished `demo_out/` without training anything.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class StartResult:
+    """Fine-tuning results of one start (pretrained or random) over seeds; metrics in percent."""
+
+    name: str
+    seeds: list[int] = field(default_factory=list)
+    mAP: list[float] = field(default_factory=list)
+    rank1: list[float] = field(default_factory=list)
+
+    def add(self, seed: int, results: dict[str, Any]) -> None:
+        self.seeds.append(seed)
+        self.mAP.append(100.0 * float(results["mAP"]))
+        self.rank1.append(100.0 * float(results["rank1"]))
+
+
+def mean_spread(values: list[float]) -> str:
+    """`mean +- std` (sample std over seeds; 0 for one seed) with one decimal."""
+    if not values:
+        return "n/a"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.1f} ± {spread:.1f}"
+
+
+def read_results(run_dir: Path) -> dict[str, Any]:
+    """The `results.json` of a fine-tuning or evaluation run; a one-line error when it is missing."""
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"demo: no results.json in {run_dir} (see the job log there)")
+    return json.loads(path.read_text())
+
+
+def loss_first_last(metrics_path: Path, keys: tuple[str, ...] = ("loss", "dino", "mim")) -> dict[str, tuple[float, float]]:
+    """First and last logged value of each pretraining loss in `metrics.jsonl`."""
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "loss" in r]
+    if not rows:
+        raise ValueError(f"demo: no loss logged in {metrics_path}")
+    return {k: (float(rows[0][k]), float(rows[-1][k])) for k in keys if k in rows[0] and k in rows[-1]}
+
+
+def pretraining_verdict(pre: StartResult, rnd: StartResult) -> str:
+    """One honest sentence: a win is claimed only when the pretrained start beats random on every seed."""
+    pairs = list(zip(pre.mAP, rnd.mAP))
+    if not pairs:
+        return "No fine-tuning results to compare."
+    wins = sum(p > r for p, r in pairs)
+    if wins == len(pairs):
+        return (f"Pretraining helps here: the pretrained start beat random init on all {len(pairs)} seeds "
+                f"(mAP {mean_spread(pre.mAP)} vs {mean_spread(rnd.mAP)}).")
+    return (f"No claim that pretraining helps: the pretrained start beat random init on {wins} of {len(pairs)} "
+            f"seeds (mAP {mean_spread(pre.mAP)} vs {mean_spread(rnd.mAP)}); at this scale the difference "
+            "is within what was measured across seeds.")
+
+
+def render_table(starts: list[StartResult], no_ft: dict[str, dict[str, Any]],
+                 losses: dict[str, tuple[float, float]]) -> str:
+    """Markdown tables: fine-tuned starts (mean ± spread, per seed), retrieval without fine-tuning, losses.
+
+    Args:
+        starts: one StartResult per start, in display order.
+        no_ft: evaluation results without fine-tuning, keyed by a feature name.
+        losses: pretraining losses (first, last).
+    """
+    lines = ["| start | seeds | mAP % | Rank-1 % | mAP per seed | Rank-1 per seed |", "|---|---|---|---|---|---|"]
+    for s in starts:
+        per_map = ", ".join(f"{v:.1f}" for v in s.mAP)
+        per_r1 = ", ".join(f"{v:.1f}" for v in s.rank1)
+        lines.append(f"| {s.name} | {len(s.seeds)} | {mean_spread(s.mAP)} | {mean_spread(s.rank1)} "
+                     f"| {per_map} | {per_r1} |")
+    lines += ["", "| features, no fine-tuning | mAP % | Rank-1 % |", "|---|---|---|"]
+    for name, res in no_ft.items():
+        lines.append(f"| {name} | {100 * res['mAP']:.1f} | {100 * res['rank1']:.1f} |")
+    lines += ["", "| pretraining loss | first | last |", "|---|---|---|"]
+    for key, (first, last) in losses.items():
+        lines.append(f"| {key} | {first:.3f} | {last:.3f} |")
+    return "\n".join(lines)
+
+
+def render_markdown(table: str, verdict: str, info: dict[str, Any], stage_times: dict[str, float],
+                    images: list[str]) -> str:
+    """The whole RESULTS.md: how it ran, the tables, the verdict, stage timings and the pictures."""
+    out = ["# PersonViT demo results", "",
+           f"Size `{info['size']}`, executor **{info['executor']}**, {info['seeds']} seeds per start, "
+           f"measured {info['date']} on {info['host']} ({info['cpus']} CPUs).", "",
+           f"Data: {info['data']}.", f"Pretraining: {info['pretrain']}.", f"Fine-tuning: {info['finetune']}.",
+           "", table, "", f"**{verdict}**", "", "## Stage timings", "", "| stage | seconds |", "|---|---|"]
+    out += [f"| {name} | {sec:.1f} |" for name, sec in stage_times.items()]
+    out += [f"| total | {sum(stage_times.values()):.1f} |", "", "## Visualisations", ""]
+    out += [f"![{Path(p).stem}]({p})" for p in images]
+    return "\n".join(out) + "\n"
