@@ -213,7 +213,7 @@ def run_demo(out: Path, size_name: str, seeds: int, executor_wanted: str) -> dic
         pre_dir = out / "pretrain"
         pre_over = [f"data.shards={shards['luperson']}", f"train.epochs={size.pretrain_epochs}",
                     f"data.batch_size_per_rank={size.pretrain_batch}", "data.num_workers=0",
-                    "checkpoint.keep_every_epochs=0", *PRETRAIN_AUG]
+                    "run.log_every_steps=2", "checkpoint.keep_every_epochs=0", *PRETRAIN_AUG]
         os.environ["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
         pre_jobs = submit_jobs(executor, out / "jobs", "demo-pretrain",
                                [TrainJob("pretrain", str(PRETRAIN_CFG), pre_over, run_dir=str(pre_dir), max_requeues=0)])
