@@ -36,17 +36,37 @@ class DemoSize:
     pretrain_epochs: int
     finetune_epochs: int
     pretrain_batch: int
+    loader_workers: int  # pretraining loader processes (one overlaps decoding with the step on 2 cores)
 
 
 SIZES = {
-    "full": DemoSize(identities=200, unlabeled=3000, pretrain_epochs=10, finetune_epochs=10, pretrain_batch=64),
-    "small": DemoSize(identities=20, unlabeled=128, pretrain_epochs=1, finetune_epochs=1, pretrain_batch=32),
+    "full": DemoSize(
+        identities=200,
+        unlabeled=3000,
+        pretrain_epochs=6,
+        finetune_epochs=10,
+        pretrain_batch=64,
+        loader_workers=1,
+    ),
+    "small": DemoSize(
+        identities=20,
+        unlabeled=128,
+        pretrain_epochs=1,
+        finetune_epochs=1,
+        pretrain_batch=32,
+        loader_workers=0,
+    ),
 }
 
 # Colour is the main identity cue of the synthetic people: weak jitter, no grayscale
 # (notes/tiny-ssl.md: strong colour augmentation fought it).
-PRETRAIN_AUG = ["data.saturation=0.0", "data.hue=0.0", "data.grayscale_p=0.0", "data.brightness=0.2",
-                "data.contrast=0.2"]
+PRETRAIN_AUG = [
+    "data.saturation=0.0",
+    "data.hue=0.0",
+    "data.grayscale_p=0.0",
+    "data.brightness=0.2",
+    "data.contrast=0.2",
+]
 
 
 class Stages:
@@ -105,9 +125,11 @@ def wait_jobs(stages: Stages, jobs: list, run_dirs: list[Path], every_s: float =
         try:
             job.result()
         except Exception as e:  # the job's own error, with submitit's log path
-            raise SystemExit(f"personvit.demo: job {job.job_id} ({run_dir}) failed: "
-                             f"{str(e).strip().splitlines()[-1] if str(e).strip() else e!r}; "
-                             f"log: {job.paths.stderr}") from None
+            raise SystemExit(
+                f"personvit.demo: job {job.job_id} ({run_dir}) failed: "
+                f"{str(e).strip().splitlines()[-1] if str(e).strip() else e!r}; "
+                f"log: {job.paths.stderr}"
+            ) from None
 
 
 def _latest_metrics(run_dir: Path) -> str:
@@ -127,8 +149,9 @@ def submit_jobs(executor: str, folder: Path, name: str, jobs: list) -> list:
     from slurm.launch import submit
     from slurm.profiles import load_profile
 
-    profile = load_profile("localhost_slurm" if executor == "slurm" else "local",
-                           ["timeout_min=60", "max_requeues=0"])
+    profile = load_profile(
+        "localhost_slurm" if executor == "slurm" else "local", ["timeout_min=60", "max_requeues=0"]
+    )
     return submit(profile, folder / "%j", name, jobs).jobs  # submitit fills %j with <array>_<task> too
 
 
@@ -138,8 +161,9 @@ def make_data(out: Path, size: DemoSize) -> dict[str, Path]:
     from shard_tools.synth import make_synthetic
 
     synth = out / "data" / "synth"
-    counts = make_synthetic(synth, identities=size.identities, unlabeled=size.unlabeled, seed=0,
-                            workers=os.cpu_count() or 1)
+    counts = make_synthetic(
+        synth, identities=size.identities, unlabeled=size.unlabeled, seed=0, workers=os.cpu_count() or 1
+    )
     print(f"   rendered {counts}", flush=True)
     market, lup = out / "data" / "market-shards", out / "data" / "luperson-shards"
     pack("market1501", synth, market, maxcount=500, progress=False)
@@ -174,7 +198,17 @@ def visualize(out: Path, pretrain_dir: Path, market: Path, ranks_from: Path) -> 
     for kind in VIZ_KINDS:
         dest = out / "viz" / kind
         if kind == "ranks":
-            argv = ["ranks", "--features", str(ranks_from), "--shards", str(market), "--num", "4", "--out", str(dest)]
+            argv = [
+                "ranks",
+                "--features",
+                str(ranks_from),
+                "--shards",
+                str(market),
+                "--num",
+                "4",
+                "--out",
+                str(dest),
+            ]
         else:
             argv = [kind, "--ckpt", str(pretrain_dir), "--shards", str(market), "--out", str(dest)]
         if viz_main(argv) != 0:
@@ -197,8 +231,10 @@ def run_demo(out: Path, size_name: str, seeds: int, executor_wanted: str) -> dic
     size = SIZES[size_name]
     stages = Stages()
     executor, why = choose_executor(executor_wanted)
-    stages.say(f"PersonViT demo, size {size_name}, {seeds} seeds; jobs run through "
-               f"{'a local Slurm cluster' if executor == 'slurm' else 'submitit local executor'} ({why})")
+    stages.say(
+        f"PersonViT demo, size {size_name}, {seeds} seeds; jobs run through "
+        f"{'a local Slurm cluster' if executor == 'slurm' else 'submitit local executor'} ({why})"
+    )
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -211,29 +247,52 @@ def run_demo(out: Path, size_name: str, seeds: int, executor_wanted: str) -> dic
         stages.run("verify shards", verify_data, shards)
 
         pre_dir = out / "pretrain"
-        pre_over = [f"data.shards={shards['luperson']}", f"train.epochs={size.pretrain_epochs}",
-                    f"data.batch_size_per_rank={size.pretrain_batch}", "data.num_workers=0",
-                    "run.log_every_steps=2", "checkpoint.keep_every_epochs=0", *PRETRAIN_AUG]
+        pre_over = [
+            f"data.shards={shards['luperson']}",
+            f"train.epochs={size.pretrain_epochs}",
+            f"data.batch_size_per_rank={size.pretrain_batch}",
+            f"data.num_workers={size.loader_workers}",
+            "run.log_every_steps=2",
+            "checkpoint.keep_every_epochs=0",
+            *PRETRAIN_AUG,
+        ]
         os.environ["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
-        pre_jobs = submit_jobs(executor, out / "jobs", "demo-pretrain",
-                               [TrainJob("pretrain", str(PRETRAIN_CFG), pre_over, run_dir=str(pre_dir), max_requeues=0)])
+        pre_jobs = submit_jobs(
+            executor,
+            out / "jobs",
+            "demo-pretrain",
+            [TrainJob("pretrain", str(PRETRAIN_CFG), pre_over, run_dir=str(pre_dir), max_requeues=0)],
+        )
         stages.run("pretraining (1 job)", wait_jobs, stages, pre_jobs, [pre_dir])
         losses = report.loss_first_last(pre_dir / "metrics.jsonl")
 
         torch.set_num_threads(os.cpu_count() or 1)
         no_ft = {}
-        no_ft["pretrained teacher CLS"] = stages.run("retrieval, pretrained teacher, no fine-tuning",
-                                                     evaluate_features, out, shards["market"], str(pre_dir), "pretrained")
-        no_ft["random-init CLS"] = stages.run("retrieval, random init, no fine-tuning",
-                                              evaluate_features, out, shards["market"], "", "random")
+        no_ft["pretrained teacher CLS"] = stages.run(
+            "retrieval, pretrained teacher, no fine-tuning",
+            evaluate_features,
+            out,
+            shards["market"],
+            str(pre_dir),
+            "pretrained",
+        )
+        no_ft["random-init CLS"] = stages.run(
+            "retrieval, random init, no fine-tuning", evaluate_features, out, shards["market"], "", "random"
+        )
 
         tasks, run_dirs = [], []
         for start, init in (("pretrained", str(pre_dir)), ("random", "")):
             for seed in range(seeds):
                 run_dir = out / "finetune" / f"{start}-seed{seed}"
-                over = [f"data.shards={shards['market']}", f"model.init={init}", f"run.seed={seed}",
-                        f"train.epochs={size.finetune_epochs}"]
-                tasks.append(TrainJob("finetune", str(FINETUNE_CFG), over, run_dir=str(run_dir), max_requeues=0))
+                over = [
+                    f"data.shards={shards['market']}",
+                    f"model.init={init}",
+                    f"run.seed={seed}",
+                    f"train.epochs={size.finetune_epochs}",
+                ]
+                tasks.append(
+                    TrainJob("finetune", str(FINETUNE_CFG), over, run_dir=str(run_dir), max_requeues=0)
+                )
                 run_dirs.append(run_dir)
         os.environ["OMP_NUM_THREADS"] = "1"
         ft_jobs = submit_jobs(executor, out / "jobs", "demo-finetune", tasks)
@@ -249,17 +308,29 @@ def run_demo(out: Path, size_name: str, seeds: int, executor_wanted: str) -> dic
 
     table = report.render_table(starts, no_ft, losses)
     verdict = report.pretraining_verdict(starts[0], starts[1])
-    info = {"size": size_name, "executor": executor, "seeds": seeds, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "host": platform.node(), "cpus": os.cpu_count(),
-            "data": f"{size.identities} labeled identities (half train, half test), {size.unlabeled} unlabeled images",
-            "pretrain": f"{PRETRAIN_CFG.relative_to(REPO)}, {size.pretrain_epochs} epochs, batch {size.pretrain_batch}, "
-                        f"{' '.join(PRETRAIN_AUG)}",
-            "finetune": f"{FINETUNE_CFG.relative_to(REPO)}, {size.finetune_epochs} epochs"}
+    info = {
+        "size": size_name,
+        "executor": executor,
+        "seeds": seeds,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "data": f"{size.identities} labeled identities (half train, half test), {size.unlabeled} unlabeled images",
+        "pretrain": f"{PRETRAIN_CFG.relative_to(REPO)}, {size.pretrain_epochs} epochs, batch {size.pretrain_batch}, "
+        f"{' '.join(PRETRAIN_AUG)}",
+        "finetune": f"{FINETUNE_CFG.relative_to(REPO)}, {size.finetune_epochs} epochs",
+    }
     (out / "RESULTS.md").write_text(report.render_markdown(table, verdict, info, stages.times, images))
-    summary = {**info, "stage_seconds": stages.times, "total_seconds": time.monotonic() - stages.t0,
-               "losses": losses, "no_finetune": {k: {m: v[m] for m in ("mAP", "rank1")} for k, v in no_ft.items()},
-               "finetune": {s.name: {"seeds": s.seeds, "mAP": s.mAP, "rank1": s.rank1} for s in starts},
-               "verdict": verdict, "images": images}
+    summary = {
+        **info,
+        "stage_seconds": stages.times,
+        "total_seconds": time.monotonic() - stages.t0,
+        "losses": losses,
+        "no_finetune": {k: {m: v[m] for m in ("mAP", "rank1")} for k, v in no_ft.items()},
+        "finetune": {s.name: {"seeds": s.seeds, "mAP": s.mAP, "rank1": s.rank1} for s in starts},
+        "verdict": verdict,
+        "images": images,
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print("\n" + table + "\n\n" + verdict, flush=True)
     stages.say(f"done in {summary['total_seconds']:.0f} s; report: {out / 'RESULTS.md'}")
@@ -271,8 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="demo_out", help="output folder (replaced; default demo_out)")
     p.add_argument("--size", choices=sorted(SIZES), default="full", help="full (~15 min) or small (CI)")
     p.add_argument("--seeds", type=int, default=2, help="fine-tuning seeds per start (default 2)")
-    p.add_argument("--executor", choices=["auto", "slurm", "local"], default="auto",
-                   help="auto: local Slurm when it can be started here, else submitit's local executor")
+    p.add_argument(
+        "--executor",
+        choices=["auto", "slurm", "local"],
+        default="auto",
+        help="auto: local Slurm when it can be started here, else submitit's local executor",
+    )
     args = p.parse_args(argv)
     if args.seeds < 1:
         raise SystemExit(f"personvit.demo: --seeds must be >= 1, got {args.seeds}")

@@ -44,7 +44,9 @@ def read_results(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def loss_first_last(metrics_path: Path, keys: tuple[str, ...] = ("loss", "dino", "mim")) -> dict[str, tuple[float, float]]:
+def loss_first_last(
+    metrics_path: Path, keys: tuple[str, ...] = ("loss", "dino", "mim")
+) -> dict[str, tuple[float, float]]:
     """First and last logged value of each pretraining loss in `metrics.jsonl`."""
     rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "loss" in r]
@@ -60,15 +62,20 @@ def pretraining_verdict(pre: StartResult, rnd: StartResult) -> str:
         return "No fine-tuning results to compare."
     wins = sum(p > r for p, r in pairs)
     if wins == len(pairs):
-        return (f"Pretraining helps here: the pretrained start beat random init on all {len(pairs)} seeds "
-                f"(mAP {mean_spread(pre.mAP)} vs {mean_spread(rnd.mAP)}).")
-    return (f"No claim that pretraining helps: the pretrained start beat random init on {wins} of {len(pairs)} "
-            f"seeds (mAP {mean_spread(pre.mAP)} vs {mean_spread(rnd.mAP)}); at this scale the difference "
-            "is within what was measured across seeds.")
+        return (
+            f"Pretraining helps here: the pretrained start beat random init on all {len(pairs)} seeds "
+            f"(mAP {mean_spread(pre.mAP)} vs {mean_spread(rnd.mAP)})."
+        )
+    return (
+        f"No claim that pretraining helps: the pretrained start beat random init on {wins} of {len(pairs)} "
+        f"seeds (mAP {mean_spread(pre.mAP)} vs {mean_spread(rnd.mAP)}); at this scale the difference "
+        "is within what was measured across seeds."
+    )
 
 
-def render_table(starts: list[StartResult], no_ft: dict[str, dict[str, Any]],
-                 losses: dict[str, tuple[float, float]]) -> str:
+def render_table(
+    starts: list[StartResult], no_ft: dict[str, dict[str, Any]], losses: dict[str, tuple[float, float]]
+) -> str:
     """Markdown tables: fine-tuned starts (mean ± spread, per seed), retrieval without fine-tuning, losses.
 
     Args:
@@ -76,12 +83,17 @@ def render_table(starts: list[StartResult], no_ft: dict[str, dict[str, Any]],
         no_ft: evaluation results without fine-tuning, keyed by a feature name.
         losses: pretraining losses (first, last).
     """
-    lines = ["| start | seeds | mAP % | Rank-1 % | mAP per seed | Rank-1 per seed |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| start | seeds | mAP % | Rank-1 % | mAP per seed | Rank-1 per seed |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in starts:
         per_map = ", ".join(f"{v:.1f}" for v in s.mAP)
         per_r1 = ", ".join(f"{v:.1f}" for v in s.rank1)
-        lines.append(f"| {s.name} | {len(s.seeds)} | {mean_spread(s.mAP)} | {mean_spread(s.rank1)} "
-                     f"| {per_map} | {per_r1} |")
+        lines.append(
+            f"| {s.name} | {len(s.seeds)} | {mean_spread(s.mAP)} | {mean_spread(s.rank1)} "
+            f"| {per_map} | {per_r1} |"
+        )
     lines += ["", "| features, no fine-tuning | mAP % | Rank-1 % |", "|---|---|---|"]
     for name, res in no_ft.items():
         lines.append(f"| {name} | {100 * res['mAP']:.1f} | {100 * res['rank1']:.1f} |")
@@ -91,14 +103,29 @@ def render_table(starts: list[StartResult], no_ft: dict[str, dict[str, Any]],
     return "\n".join(lines)
 
 
-def render_markdown(table: str, verdict: str, info: dict[str, Any], stage_times: dict[str, float],
-                    images: list[str]) -> str:
+def render_markdown(
+    table: str, verdict: str, info: dict[str, Any], stage_times: dict[str, float], images: list[str]
+) -> str:
     """The whole RESULTS.md: how it ran, the tables, the verdict, stage timings and the pictures."""
-    out = ["# PersonViT demo results", "",
-           f"Size `{info['size']}`, executor **{info['executor']}**, {info['seeds']} seeds per start, "
-           f"measured {info['date']} on {info['host']} ({info['cpus']} CPUs).", "",
-           f"Data: {info['data']}.", f"Pretraining: {info['pretrain']}.", f"Fine-tuning: {info['finetune']}.",
-           "", table, "", f"**{verdict}**", "", "## Stage timings", "", "| stage | seconds |", "|---|---|"]
+    out = [
+        "# PersonViT demo results",
+        "",
+        f"Size `{info['size']}`, executor **{info['executor']}**, {info['seeds']} seeds per start, "
+        f"measured {info['date']} on {info['host']} ({info['cpus']} CPUs).",
+        "",
+        f"Data: {info['data']}.",
+        f"Pretraining: {info['pretrain']}.",
+        f"Fine-tuning: {info['finetune']}.",
+        "",
+        table,
+        "",
+        f"**{verdict}**",
+        "",
+        "## Stage timings",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+    ]
     out += [f"| {name} | {sec:.1f} |" for name, sec in stage_times.items()]
     out += [f"| total | {sum(stage_times.values()):.1f} |", "", "## Visualisations", ""]
     out += [f"![{Path(p).stem}]({p})" for p in images]

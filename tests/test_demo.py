@@ -25,10 +25,29 @@ SEEDS = 2
 def demo(tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("demo") / "demo_out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "personvit.demo", "--size", "small", "--seeds", str(SEEDS),
-                           "--executor", "local", "--out", str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"demo failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "personvit.demo",
+            "--size",
+            "small",
+            "--seeds",
+            str(SEEDS),
+            "--executor",
+            "local",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (
+        f"demo failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
     return out, proc.stdout
 
 
@@ -92,8 +111,16 @@ def _first_tensor(state):
 def test_results_md_and_table(demo):
     out, stdout = demo
     md = (out / "RESULTS.md").read_text()
-    for needle in ("pretrained teacher", "random init", "mAP", "Rank-1", "pretrained teacher CLS", "random-init CLS",
-                   "pretraining loss", "executor **local**"):
+    for needle in (
+        "pretrained teacher",
+        "random init",
+        "mAP",
+        "Rank-1",
+        "pretrained teacher CLS",
+        "random-init CLS",
+        "pretraining loss",
+        "executor **local**",
+    ):
         assert needle in md, needle
     assert "| pretrained teacher | 2 |" in stdout and "| random init | 2 |" in stdout
     summary = json.loads((out / "summary.json").read_text())
