@@ -43,7 +43,7 @@ SIZES = {
     "full": DemoSize(
         identities=200,
         unlabeled=3000,
-        pretrain_epochs=6,
+        pretrain_epochs=12,
         finetune_epochs=10,
         pretrain_batch=64,
         loader_workers=1,
