@@ -155,3 +155,18 @@ def test_verdict_claims_a_win_only_beyond_the_seed_spread():
     assert pretraining_verdict(start([20.0, 21.0]), rnd).startswith("Pretraining helps")
     assert "not claimed as a win" in pretraining_verdict(start([8.4, 11.8]), rnd)  # ahead, within spread
     assert pretraining_verdict(start([5.0, 21.0]), rnd).startswith("No claim")  # loses one seed
+
+
+def test_losses_are_means_of_the_first_and_last_tenth(tmp_path):
+    from personvit.demo_report import loss_first_last
+
+    # 20 rows: first two (10%) average 9.0, last two 5.0; single rows would say 10 -> 4.
+    values = [10.0, 8.0] + [7.0] * 16 + [6.0, 4.0]
+    rows = [{"step": i, "loss": v, "dino": v / 2} for i, v in enumerate(values)] + [{"step": 99, "note": "x"}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = loss_first_last(path, keys=("loss", "dino", "mim"))
+    assert out == {"loss": (9.0, 5.0), "dino": (4.5, 2.5)}  # mim absent everywhere: left out
+    path.write_text(json.dumps({"step": 1}) + "\n")
+    with pytest.raises(ValueError, match="no loss logged"):
+        loss_first_last(path)

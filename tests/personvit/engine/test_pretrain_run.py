@@ -87,6 +87,8 @@ def test_logs_and_checkpoint_state_follow_the_recipe(shards, tmp_path):
         "train.epochs=2",
         "checkpoint.every_steps=3",
         "checkpoint.keep_every_epochs=1",
+        "loss.teacher_temp=0.07",  # the paper's warm-up shape (the tiny recipe keeps 0.04 throughout)
+        "loss.warmup_teacher_temp_epochs=2",
     )
     result = run(cfg)
     total = 2 * STEPS_PER_EPOCH

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-from tests.support.viz_fixtures import IMG_SIZE, tiny_model
 from PIL import Image
 
 from personvit.viz.attention import cls_attention
 from personvit.viz.cli import main
+from tests.support.viz_fixtures import IMG_SIZE, tiny_model
 
 
 def manual_cls_attention(model, x):
