@@ -136,11 +136,15 @@ def write_json(path: Path, obj: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def save_features(path: Path, q_feats: torch.Tensor, g_feats: torch.Tensor, query: ReIDSplit, gallery: ReIDSplit) -> None:
-    """`features.npz`: q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, q_keys, g_keys (no pickles)."""
+def save_features(path: Path, q_feats: torch.Tensor, g_feats: torch.Tensor, query: ReIDSplit, gallery: ReIDSplit,
+                  step: int | None = None) -> None:
+    """`features.npz`: q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, q_keys, g_keys (no pickles), and
+    `step` (0-d int64) when the features come from a training step, so figures made from the file alone
+    can name the checkpoint."""
+    extra = {} if step is None else {"step": np.int64(step)}
     np.savez(path, q_feats=q_feats.numpy(), g_feats=g_feats.numpy(), q_pids=query.pids, g_pids=gallery.pids,
              q_camids=query.camids, g_camids=gallery.camids, q_keys=np.array(query.keys, dtype=str),
-             g_keys=np.array(gallery.keys, dtype=str))
+             g_keys=np.array(gallery.keys, dtype=str), **extra)
 
 
 def evaluate_model(model: ReIDModel, data: ReIDDataConfig, opts: EvalOptions, run_dir: Path, device: torch.device,
@@ -168,7 +172,7 @@ def evaluate_model(model: ReIDModel, data: ReIDDataConfig, opts: EvalOptions, ru
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / RESULTS_NAME, summary)
     if opts.save_features:
-        save_features(run_dir / FEATURES_NAME, q_feats, g_feats, query, gallery)
+        save_features(run_dir / FEATURES_NAME, q_feats, g_feats, query, gallery, summary.get("step"))
     if opts.per_query_csv:
         write_per_query_csv(run_dir / PER_QUERY_NAME, result, query.keys)
     log.info("%s/%s vs %s: mAP %.2f%% rank-1 %.2f%% rank-5 %.2f%% rank-10 %.2f%% mINP %.2f%% (%d valid queries)",

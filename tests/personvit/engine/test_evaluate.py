@@ -36,7 +36,9 @@ def test_features_npz_reproduces_results_json(finetuned) -> None:
     shards, run_dir = finetuned
     results = json.loads((run_dir / "results.json").read_text())
     f = np.load(run_dir / "features.npz")
-    assert set(f.files) == {"q_feats", "g_feats", "q_pids", "g_pids", "q_camids", "g_camids", "q_keys", "g_keys"}
+    assert set(f.files) == {"q_feats", "g_feats", "q_pids", "g_pids", "q_camids", "g_camids", "q_keys", "g_keys",
+                            "step"}
+    assert f["step"].ndim == 0 and int(f["step"]) == results["step"] > 0
     query, gallery = read_reid_split(shards, "query"), read_reid_split(shards, "gallery")
     assert f["q_keys"].tolist() == query.keys and f["g_keys"].tolist() == gallery.keys
     assert np.array_equal(f["q_pids"], query.pids) and np.array_equal(f["g_camids"], gallery.camids)
