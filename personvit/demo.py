@@ -183,12 +183,12 @@ def verify_data(shards: dict[str, Path]) -> None:
 
 def evaluate_features(out: Path, market: Path, init: str, name: str) -> dict:
     """Retrieval with backbone features, no fine-tuning (`init` = a pretraining run, or '' = random)."""
-    from personvit.demo_report import read_results
+    from personvit.demo_report import feature_diagnostics, read_results
     from personvit.engine.evaluate import main as evaluate_main
 
     run_dir = out / "eval-no-finetune" / name
     evaluate_main([str(FINETUNE_CFG), f"data.shards={market}", f"model.init={init}", f"run.dir={run_dir}"])
-    return read_results(run_dir)
+    return {**read_results(run_dir), **feature_diagnostics(run_dir / "features.npz")}
 
 
 def visualize(out: Path, pretrain_dir: Path, market: Path, ranks_from: Path) -> list[str]:

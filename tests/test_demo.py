@@ -120,6 +120,7 @@ def test_results_md_and_table(demo):
         "pretrained teacher CLS",
         "random-init CLS",
         "pretraining loss",
+        "effective rank",
         "executor **local**",
     ):
         assert needle in md, needle
@@ -170,3 +171,27 @@ def test_losses_are_means_of_the_first_and_last_tenth(tmp_path):
     path.write_text(json.dumps({"step": 1}) + "\n")
     with pytest.raises(ValueError, match="no loss logged"):
         loss_first_last(path)
+
+
+def test_feature_diagnostics_see_collapse_and_camera_matching(tmp_path):
+    import numpy as np
+
+    from personvit.demo_report import feature_diagnostics
+
+    rng = np.random.default_rng(0)
+    g_cams, q_cams = np.repeat(np.arange(4), 25), np.array([0, 1, 1, 2, 3, 3, 3, 3])  # 100 gallery, 8 queries
+
+    def save(make, name):
+        q, g = make(q_cams), make(g_cams)
+        q, g = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (q, g))
+        np.savez(tmp_path / name, q_feats=q, g_feats=g, q_camids=q_cams, g_camids=g_cams)
+        return feature_diagnostics(tmp_path / name)
+
+    # Features = a camera code + small noise: rank ~ the 4 cameras, every nearest neighbour same camera.
+    d = save(lambda cams: np.eye(16)[cams] + 1e-2 * rng.standard_normal((len(cams), 16)), "cam.npz")
+    assert (
+        2.5 < d["effective_rank"] < 4.5 and d["top1_same_camera"] == 1.0 and d["chance_same_camera"] == 0.25
+    )
+    # Isotropic features: high rank, the camera of the neighbour is left to chance.
+    d = save(lambda cams: rng.standard_normal((len(cams), 16)), "iso.npz")
+    assert d["effective_rank"] > 10 and d["top1_same_camera"] < 0.75
