@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shard_tools.keys import duplicate_rows, resolve_key_collisions, sample_key, stable_hash
+from shard_tools.keys import duplicate_rows, key_hashes, resolve_key_collisions, sample_key, stable_hash
 from shard_tools.sources.base import Listing, Record, Skip, SourceError, load_name_list
 from shard_tools.sources.table import BATCH, SPLITS, RecordTable
 
@@ -159,6 +159,18 @@ class Plan:
         return out
 
 
+def _rows_of(split: np.ndarray, code: int, dtype: type) -> np.ndarray:
+    """The rows (ascending) whose split code is `code`, filled in chunks: np.flatnonzero over the whole
+    column would make an int64 array, 8 B a row, next to the result."""
+    out = np.empty(int(np.count_nonzero(split == code)), dtype)
+    k = 0
+    for s in range(0, len(split), 1 << 16):
+        hit = np.flatnonzero(split[s:s + (1 << 16)] == code)
+        np.add(hit, s, out=out[k:k + len(hit)], casting="unsafe")
+        k += len(hit)
+    return out
+
+
 def _without(rows: np.ndarray, drop: np.ndarray) -> np.ndarray:
     """`rows` minus the (sorted, few) rows in `drop`."""
     if not len(drop):
@@ -169,13 +181,20 @@ def _without(rows: np.ndarray, drop: np.ndarray) -> np.ndarray:
 
 def _fingerprint(source: str, opts: PackOptions, table: RecordTable, ordered: list[tuple[str, np.ndarray]],
                  renamed: dict[int, str]) -> str:
-    """sha256 of the source, the options and every planned record with its key override, in plan order."""
+    """sha256 of the source, the options, every listed record and the plan (rows in write order,
+    renamed keys): equal fingerprints mean equal shards. The listing is read in its own order, which
+    reads the paths sequentially; the plan enters as row numbers.
+    """
     digest = hashlib.sha256(json.dumps([source, dataclasses.asdict(opts)], sort_keys=True).encode())
+    for rows, paths in table.scan():
+        pids, cams = table.labels(rows)
+        digest.update("".join(f"{c}\0{p}\0{pid}\0{cam}\n" for c, p, pid, cam
+                              in zip(table.split[rows].tolist(), paths, pids, cams)).encode("utf-8", "surrogateescape"))
     for split, rows in ordered:
-        for b, paths in table.paths.batches(rows):
-            pids, cams = table.labels(b)
-            digest.update("".join(f"{split}\0{p}\0{pid}\0{cam}\0{renamed.get(r, '')}\n" for r, p, pid, cam
-                                  in zip(b.tolist(), paths, pids, cams)).encode("utf-8", "surrogateescape"))
+        digest.update(f"{split}\0{len(rows)}\n".encode())
+        for s in range(0, len(rows), 1 << 16):  # little-endian int64 in slices: equal on every host, no full copy
+            digest.update(rows[s:s + (1 << 16)].astype("<i8").tobytes())
+    digest.update(json.dumps(sorted(renamed.items())).encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
@@ -190,9 +209,7 @@ def make_plan(listing: Listing, opts: PackOptions, source: str) -> Plan:
     table = listing.table
     dropped = dict(listing.dropped)
     index_dtype = np.int32 if len(table) < 2**31 else np.int64  # 4 B per planned image
-    all_rows = np.arange(len(table), dtype=index_dtype)
-    drop = np.empty(0, np.int64) if listing.distinct else duplicate_rows(table, all_rows)
-    del all_rows
+    drop = np.empty(0, np.int64) if listing.distinct else duplicate_rows(table)
     if len(drop):
         dropped["duplicate path"] = len(drop)
     cfs_top = None
@@ -202,22 +219,21 @@ def make_plan(listing: Listing, opts: PackOptions, source: str) -> Plan:
         del names
     ordered: list[tuple[str, np.ndarray]] = []
     for code, split in enumerate(SPLIT_ORDER):
-        listed = _without(np.flatnonzero(table.split == code).astype(index_dtype), drop)
+        listed = _without(_rows_of(table.split, code, index_dtype), drop)
         rows, missing = _subset(table, listed, opts, split, cfs_top)
         if missing:
             dropped["cfs names not found"] = dropped.get("cfs names not found", 0) + missing
         if opts.fraction < 1.0 or opts.cfs_list:
             dropped[f"{split}: not in subset"] = len(listed) - len(rows)
-        del listed
-        if split == "train" and opts.shuffle_train:
-            # in place: the same order as indexing with rng.permutation(len(rows)), without its 8 B a row
-            np.random.default_rng([opts.seed, STREAM_ORDER]).shuffle(rows)  # rows is this loop's own array
         ordered.append((split, rows))
-    planned = [rows for _, rows in ordered if len(rows)]
-    # one split (LUPerson): its rows are the plan order, no concatenated copy
-    order = planned[0] if len(planned) == 1 else np.concatenate([*planned, np.empty(0, index_dtype)])
-    renamed = resolve_key_collisions(table, order)
-    del order, planned
+    del listed
+    known = key_hashes(table, [rows for _, rows in ordered])  # before the shuffle: sequential reads
+    if opts.shuffle_train:
+        # in place: the same order as indexing with rng.permutation(len(rows)), without its 8 B a row
+        train = ordered[SPLIT_ORDER.index("train")][1]  # an array of its own (fresh from the subset step)
+        np.random.default_rng([opts.seed, STREAM_ORDER]).shuffle(train)
+    renamed = resolve_key_collisions(table, [rows for _, rows in ordered], known)
+    del known
     shards: list[ShardPlan] = []
     for split, rows in ordered:
         for i in range(0, len(rows), opts.maxcount):

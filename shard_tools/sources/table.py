@@ -2,20 +2,22 @@
 
 A 4M-image listing held as `Record` objects costs ~0.9 GB (~220 B each, mostly the path strings).
 Here a record is a row: the UTF-8 bytes of its path at `offsets[i]:offsets[i + 1]` of one store,
-a split code and, for labeled sets, pid and camid: 9 bytes per row in memory for LUPerson, 17
-for the ReID sets. Path bytes past `SPILL_BYTES` go to an anonymous temporary file that is read
-through mmap, and its pages are dropped after every batch of rows, so they never pile up in RSS.
+a split code and, for labeled sets, pid and camid: 5 bytes per row in memory for LUPerson (uint32
+offsets while the paths total under 4 GiB), 13 for the ReID sets. Path bytes past `SPILL_BYTES`
+go to an anonymous temporary file read with `os.pread`; never through mmap, whose pages would
+count as resident memory (and the kernel's fault-around maps 64 KiB per random row read).
 `Record` objects exist only for the rows being written (`RecordTable.records`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import mmap
+import os
 import tempfile
 from array import array
 from collections.abc import Iterator, Sequence
 from itertools import repeat
+from typing import NamedTuple
 
 import numpy as np
 
@@ -23,12 +25,16 @@ UNLABELED = -1  # pid / camid of images without identity (LUPerson)
 SPLITS = ("train", "query", "gallery")  # split codes index this tuple, which is also the plan's order
 SPLIT_CODE = {s: i for i, s in enumerate(SPLITS)}
 SPILL_BYTES = 1 << 20  # path bytes held in memory before they move to a temporary file
-BATCH = 4096  # rows read per batch: bounds the Python objects alive at once and the mapped pages
+BATCH = 4096  # rows read per batch: bounds the Python objects alive at once
+GAP = 256  # wanted paths at most this many bytes apart are read together (one call beats two)
+_U32 = next(c for c in "IL" if array(c).itemsize == 4)  # array's typecode for uint32 on this platform
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Record:
-    """One source image, materialised from a table row only while its shard is written.
+class Record(NamedTuple):
+    """One source image, made from a table row only while its shard is written.
+
+    A NamedTuple, not a frozen dataclass: one is made per image written, and a frozen dataclass's
+    __init__ (object.__setattr__ per field) costs ~4x as much.
 
     Args:
         split: `train`, `query` or `gallery`.
@@ -48,15 +54,15 @@ def _encode(path: str) -> bytes:
 
 
 class PathStore:
-    """Paths by row: bytes `offsets[i]:offsets[i + 1]` of `data`.
+    """Paths by row: bytes `offsets[i]:offsets[i + 1]` of `data`, or of `file` when data is None.
 
     Args:
-        data: a bytes object, or a read-only mmap of `file`.
-        offsets: int64, one more than the rows.
-        file: the temporary file behind an mmap (kept open as long as the store).
+        data: the path bytes in memory (small stores), or None.
+        offsets: uint32 or int64, one more than the rows.
+        file: the temporary file holding the path bytes when `data` is None.
     """
 
-    def __init__(self, data: bytes | mmap.mmap, offsets: np.ndarray, file=None):
+    def __init__(self, data: bytes | None, offsets: np.ndarray, file=None):
         self._data, self.offsets, self._file = data, offsets, file
 
     @classmethod
@@ -70,16 +76,34 @@ class PathStore:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
+    def _read(self, rows: np.ndarray) -> list[str]:
+        """The paths of `rows`, in their order."""
+        starts, ends = self.offsets[rows].astype(np.int64), self.offsets[rows + 1].astype(np.int64)
+        if self._data is not None:
+            data = self._data
+            return [data[a:e].decode("utf-8", "surrogateescape") for a, e in zip(starts.tolist(), ends.tolist())]
+        fd = self._file.fileno()
+        order = np.argsort(starts, kind="stable")
+        sorted_starts, sorted_ends = starts[order], ends[order]
+        cuts = [0, *(np.flatnonzero(sorted_starts[1:] - sorted_ends[:-1] > GAP) + 1).tolist(), len(order)]
+        if len(cuts) > len(order) // 2:  # scattered rows (a shuffled shard): one read each, in their order
+            return [os.pread(fd, e - a, a).decode("utf-8", "surrogateescape")
+                    for a, e in zip(starts.tolist(), ends.tolist())]
+        # runs of near neighbours (a pass in listing order): one read per run
+        s, e, pos = sorted_starts.tolist(), sorted_ends.tolist(), order.tolist()
+        out: list[str] = [""] * len(pos)
+        for i, j in zip(cuts[:-1], cuts[1:]):
+            base = s[i]
+            buf = os.pread(fd, max(e[i:j]) - base, base)
+            for k in range(i, j):
+                out[pos[k]] = buf[s[k] - base:e[k] - base].decode("utf-8", "surrogateescape")
+        return out
+
     def batches(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, list[str]]]:
         """(rows, their paths) per batch of at most BATCH rows of `rows`, in the given order."""
-        data = self._data
         for s in range(0, len(rows), BATCH):
             b = rows[s:s + BATCH]
-            starts, ends = self.offsets[b].tolist(), self.offsets[b + 1].tolist()
-            paths = [data[a:e].decode("utf-8", "surrogateescape") for a, e in zip(starts, ends)]
-            if isinstance(data, mmap.mmap):
-                data.madvise(mmap.MADV_DONTNEED)  # file pages stay cached by the OS, just not in our RSS
-            yield b, paths
+            yield b, self._read(b)
 
     def take(self, rows: np.ndarray) -> list[str]:
         """The paths of `rows` (any order); for a shard's rows, not for the whole listing."""
@@ -94,13 +118,16 @@ class PathWriter:
 
     def __init__(self):
         self._buf = bytearray()
-        self._ends = array("q", [0])  # 8 bytes per row, no Python object per row
+        self._ends = array(_U32, [0])  # 4 bytes per row, no Python object per row; int64 past 4 GiB
         self._file = None
 
     def add(self, path: str) -> None:
         raw = _encode(path)
         self._buf += raw
-        self._ends.append(self._ends[-1] + len(raw))
+        end = self._ends[-1] + len(raw)
+        if end > 0xFFFFFFFF and self._ends.typecode == _U32:
+            self._ends = array("q", self._ends)
+        self._ends.append(end)
         if len(self._buf) >= SPILL_BYTES:
             self._spill()
 
@@ -108,18 +135,18 @@ class PathWriter:
         if self._file is None:
             self._file = tempfile.TemporaryFile(prefix="shard-tools-paths-")  # in $TMPDIR; gone when closed
         self._file.write(self._buf)
-        self._buf = bytearray()
+        self._buf.clear()
 
     def __len__(self) -> int:
         return len(self._ends) - 1
 
     def finish(self) -> PathStore:
-        offsets = np.frombuffer(self._ends, np.int64)  # shares the array's memory, no copy
+        offsets = np.frombuffer(self._ends, np.uint32 if self._ends.typecode == _U32 else np.int64)  # no copy
         if self._file is None:
             return PathStore(bytes(self._buf), offsets)
         self._spill()
         self._file.flush()
-        return PathStore(mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ), offsets, self._file)
+        return PathStore(None, offsets, self._file)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -139,6 +166,11 @@ class RecordTable:
 
     def __len__(self) -> int:
         return len(self.split)
+
+    def scan(self) -> Iterator[tuple[np.ndarray, list[str]]]:
+        """(rows, paths) of every row in listing order, a batch at a time: sequential reads."""
+        for s in range(0, len(self), BATCH):
+            yield from self.paths.batches(np.arange(s, min(s + BATCH, len(self))))
 
     def labels(self, rows: np.ndarray) -> tuple[list[int], list[int]] | tuple[repeat, repeat]:
         """(pids, camids) of `rows` as Python ints (an endless UNLABELED for unlabeled tables)."""
