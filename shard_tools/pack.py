@@ -167,8 +167,9 @@ def _run(todo: list[ShardPlan], source: Source, out: Path, decode_check: bool, f
             yield write_shard(source, shard, out, decode_check, fingerprint)
         return
     # fork: workers inherit the imported modules (no re-import cost); spawn where fork is unavailable.
-    # gc.freeze: a forked worker's garbage collector would otherwise touch every inherited record
-    # of the listing and so copy the parent's pages (copy-on-write) into each worker.
+    # gc.freeze: a forked worker's garbage collector would otherwise touch every inherited object
+    # and so copy the parent's pages (copy-on-write) into each worker. The listing is numpy columns
+    # (no per-image objects) and each task pickles only its shard's rows (ShardPlan.__reduce__).
     gc.freeze()
     try:
         ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")

@@ -6,6 +6,9 @@ nothing but the plan, which is what makes the output identical for any `--worker
 split, and for a rerun after a kill. An image that turns out unreadable or corrupt while its shard
 is written is skipped and listed, so that shard holds fewer samples than `maxcount` (the manifest's
 per-shard counts are authoritative).
+
+Memory: the plan is numpy row indices into the listing's columnar table (4 bytes per image), plus
+the rare renamed keys; records are materialised only for the shard being written.
 """
 
 from __future__ import annotations
@@ -14,14 +17,16 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from shard_tools.keys import duplicate_rows, key_hashes, resolve_key_collisions, sample_key, stable_hash
 from shard_tools.sources.base import Listing, Record, Skip, SourceError, load_name_list
+from shard_tools.sources.table import BATCH, SPLITS, RecordTable
 
-SPLIT_ORDER = ("train", "query", "gallery")
+SPLIT_ORDER = SPLITS
 # numpy seed-sequence streams (personvit.rng's Stream values would pull in torch: 3 s per CLI call)
 STREAM_SUBSET, STREAM_ORDER = 101, 102
 
@@ -56,59 +61,86 @@ class PackOptions:
             raise SourceError(f"--fraction must be in (0, 1], got {self.fraction}")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ShardPlan:
-    """One shard to write: its split, index, records and their sample keys.
+    """One shard to write: its split, index, and the listing rows it holds, in write order.
 
     Keys are derived from paths when needed (`sample_key`) rather than stored: only the rare keys
-    renamed to resolve a collision are kept, in `renamed`.
+    renamed to resolve a collision are kept, in `renamed` (row -> key). Pickling a ShardPlan (to a
+    writer process) sends its own rows only, as a small table, never the listing.
     """
 
     split: str
     index: int
-    records: tuple[Record, ...]
-    renamed: dict[Record, str] = dataclasses.field(default_factory=dict)
+    rows: np.ndarray
+    table: RecordTable
+    renamed: dict[int, str] = dataclasses.field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return f"{self.split}-{self.index:06d}.tar"
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.rows)
 
-    def slots(self):
-        """(key, record) pairs in write order."""
-        for r in self.records:
-            yield self.renamed.get(r) or sample_key(r.path), r
+    def slots(self) -> Iterator[tuple[str, Record]]:
+        """(key, record) pairs in write order, materialised a batch at a time."""
+        for s in range(0, len(self.rows), BATCH):
+            rows = self.rows[s:s + BATCH]
+            for row, r in zip(rows.tolist(), self.table.records(rows)):
+                yield self.renamed.get(row) or sample_key(r.path), r
 
-
-_NOT_KEY_CHAR = re.compile(r"[^A-Za-z0-9_-]")
-
-
-def sample_key(path: str) -> str:
-    """A dot-free, slash-free key from a source path: `query/0001_c1s1_001051_00.jpg` -> `query_0001_c1s1_001051_00`."""
-    dot, slash = path.rfind("."), path.rfind("/")
-    return _NOT_KEY_CHAR.sub("_", path[:dot] if dot > slash + 1 else path)
+    def __reduce__(self):
+        renamed = {i: self.renamed[r] for i, r in enumerate(self.rows.tolist()) if r in self.renamed}
+        own = np.arange(len(self.rows), dtype=self.rows.dtype)
+        return ShardPlan, (self.split, self.index, own, self.table.take(self.rows), renamed)
 
 
-def _subset(records: list[Record], opts: PackOptions, split: str) -> tuple[list[Record], int]:
-    """Records kept by --fraction / --cfs-list, in listing order; also the CFS names not found."""
-    if opts.cfs_list is not None:
-        names = load_name_list(Path(opts.cfs_list))
-        top = names[: math.ceil(opts.fraction * len(names))]
-        by_name: dict[str, int] = {}
-        for i, r in enumerate(records):
-            by_name.setdefault(r.path, i)
-            by_name.setdefault(Path(r.path).name, i)
-        hits = {by_name[n] for n in top if n in by_name}
-        missing = sum(1 for n in top if n not in by_name)
-        return [records[i] for i in sorted(hits)], missing
+def _cfs_subset(table: RecordTable, rows: np.ndarray, top: list[str]) -> tuple[np.ndarray, int]:
+    """The rows that `top` names by relative path or by file name (a name takes the first such row),
+    in listing order; also how many names match no row.
+
+    Hashes of both spellings (16 B a row, while planning with a CFS list) stand in for a dict of
+    every path and name; candidates are confirmed against the real strings.
+    """
+    m = len(rows)
+    h = np.empty(2 * m, np.int64)  # path hashes, then file-name hashes
+    s = 0
+    for b, paths in table.paths.batches(rows):
+        h[s:s + len(b)] = np.fromiter(map(stable_hash, paths), np.int64, len(b))
+        h[m + s:m + s + len(b)] = np.fromiter((stable_hash(Path(p).name) for p in paths), np.int64, len(b))
+        s += len(b)
+    order = np.argsort(h, kind="stable")
+    h.sort()  # in place: the same values as h[order], without a third array
+    chosen = np.zeros(m, bool)
+    missing = 0
+    for c in range(0, len(top), BATCH):
+        names = top[c:c + BATCH]
+        wanted = np.fromiter(map(stable_hash, names), np.int64, len(names))
+        lo, hi = np.searchsorted(h, wanted, "left").tolist(), np.searchsorted(h, wanted, "right").tolist()
+        cands = [sorted({j % m for j in order[a:z].tolist()}) for a, z in zip(lo, hi)]  # positions, first first
+        flat = sorted({i for cs in cands for i in cs})
+        path = dict(zip(flat, table.paths.take(rows[np.array(flat, np.int64)])))
+        for name, cs in zip(names, cands):
+            best = next((i for i in cs if path[i] == name or Path(path[i]).name == name), None)
+            if best is None:
+                missing += 1
+            else:
+                chosen[best] = True
+    return rows[chosen], missing
+
+
+def _subset(table: RecordTable, rows: np.ndarray, opts: PackOptions, split: str,
+            cfs_top: list[str] | None) -> tuple[np.ndarray, int]:
+    """Rows kept by --fraction / --cfs-list, in listing order; also the CFS names not found."""
+    if cfs_top is not None:
+        return _cfs_subset(table, rows, cfs_top)
     if opts.fraction >= 1.0:
-        return records, 0
-    k = round(opts.fraction * len(records))
+        return rows, 0
+    k = round(opts.fraction * len(rows))
     rng = np.random.default_rng([opts.seed, STREAM_SUBSET, SPLIT_ORDER.index(split)])
-    keep = np.sort(rng.choice(len(records), size=k, replace=False))
-    return [records[i] for i in keep], 0
+    keep = np.sort(rng.choice(len(rows), size=k, replace=False))
+    return rows[keep], 0
 
 
 @dataclasses.dataclass
@@ -127,83 +159,89 @@ class Plan:
         return out
 
 
-def _stable_hash(key: str) -> int:
-    """A 64-bit hash equal in every process (Python's `hash` of str is salted per process)."""
-    return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest(),
-                          "little", signed=True)
+def _rows_of(split: np.ndarray, code: int, dtype: type) -> np.ndarray:
+    """The rows (ascending) whose split code is `code`, filled in chunks: np.flatnonzero over the whole
+    column would make an int64 array, 8 B a row, next to the result."""
+    out = np.empty(int(np.count_nonzero(split == code)), dtype)
+    k = 0
+    for s in range(0, len(split), 1 << 16):
+        hit = np.flatnonzero(split[s:s + (1 << 16)] == code)
+        np.add(hit, s, out=out[k:k + len(hit)], casting="unsafe")
+        k += len(hit)
+    return out
 
 
-def _resolve_key_collisions(ordered: list[Record]) -> dict[Record, str]:
-    """New keys for the records whose derived key repeats an earlier one (`a.b/c.jpg` vs `a_b/c.jpg`).
+def _without(rows: np.ndarray, drop: np.ndarray) -> np.ndarray:
+    """`rows` minus the (sorted, few) rows in `drop`."""
+    if not len(drop):
+        return rows
+    pos = np.minimum(np.searchsorted(drop, rows), len(drop) - 1)
+    return rows[drop[pos] != rows]
 
-    A set of 4M key strings would cost ~0.4 GB; their 64-bit hashes in numpy cost 32 MB. Only the
-    records whose hash repeats are compared by real key, so the result is exact and depends only
-    on the plan order. A renamed key `base_N` skips every N whose key exists anywhere in the set.
+
+def _fingerprint(source: str, opts: PackOptions, table: RecordTable, ordered: list[tuple[str, np.ndarray]],
+                 renamed: dict[int, str]) -> str:
+    """sha256 of the source, the options, every listed record and the plan (rows in write order,
+    renamed keys): equal fingerprints mean equal shards. The listing is read in its own order, which
+    reads the paths sequentially; the plan enters as row numbers.
     """
-    hashes = np.fromiter((_stable_hash(sample_key(r.path)) for r in ordered), dtype=np.int64, count=len(ordered))
-    known = np.sort(hashes)
-    repeated = np.unique(known[1:][known[1:] == known[:-1]])
-
-    def exists(key: str) -> bool:
-        h = _stable_hash(key)
-        i = int(np.searchsorted(known, h))
-        return i < len(known) and known[i] == h
-
-    renamed: dict[Record, str] = {}
-    used: set[str] = set()
-    for i in np.flatnonzero(np.isin(hashes, repeated)):  # ascending: plan order
-        r = ordered[int(i)]
-        key = base = sample_key(r.path)
-        n = 0
-        while key in used or (key != base and exists(key)):
-            n += 1
-            key = f"{base}_{n}"
-        used.add(key)
-        if key != base:
-            renamed[r] = key
-    return renamed
+    digest = hashlib.sha256(json.dumps([source, dataclasses.asdict(opts)], sort_keys=True).encode())
+    for rows, paths in table.scan():
+        pids, cams = table.labels(rows)
+        digest.update("".join(f"{c}\0{p}\0{pid}\0{cam}\n" for c, p, pid, cam
+                              in zip(table.split[rows].tolist(), paths, pids, cams)).encode("utf-8", "surrogateescape"))
+    for split, rows in ordered:
+        digest.update(f"{split}\0{len(rows)}\n".encode())
+        for s in range(0, len(rows), 1 << 16):  # little-endian int64 in slices: equal on every host, no full copy
+            digest.update(rows[s:s + (1 << 16)].astype("<i8").tobytes())
+    digest.update(json.dumps(sorted(renamed.items())).encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
 
 
 def make_plan(listing: Listing, opts: PackOptions, source: str) -> Plan:
     """Subset, order, key and cut the listing into shards.
 
     Args:
-        listing: the source's records (deterministic order).
+        listing: the source's rows (deterministic order).
         opts: packing options.
         source: the source name (part of the fingerprint).
     """
+    table = listing.table
     dropped = dict(listing.dropped)
-    by_split: dict[str, list[Record]] = {}
-    seen: set[Record] = set()
-    for r in listing.records:
-        if r in seen:
-            dropped["duplicate path"] = dropped.get("duplicate path", 0) + 1
-            continue
-        seen.add(r)
-        by_split.setdefault(r.split, []).append(r)
-    del seen
-    ordered: list[tuple[str, list[Record]]] = []
-    for split in SPLIT_ORDER:
-        records, missing = _subset(by_split.get(split, []), opts, split)
+    index_dtype = np.int32 if len(table) < 2**31 else np.int64  # 4 B per planned image
+    drop = np.empty(0, np.int64) if listing.distinct else duplicate_rows(table)
+    if len(drop):
+        dropped["duplicate path"] = len(drop)
+    cfs_top = None
+    if opts.cfs_list is not None:
+        names = load_name_list(Path(opts.cfs_list))
+        cfs_top = names[: math.ceil(opts.fraction * len(names))]
+        del names
+    ordered: list[tuple[str, np.ndarray]] = []
+    for code, split in enumerate(SPLIT_ORDER):
+        listed = _without(_rows_of(table.split, code, index_dtype), drop)
+        rows, missing = _subset(table, listed, opts, split, cfs_top)
         if missing:
             dropped["cfs names not found"] = dropped.get("cfs names not found", 0) + missing
         if opts.fraction < 1.0 or opts.cfs_list:
-            dropped[f"{split}: not in subset"] = len(by_split.get(split, [])) - len(records)
-        if split == "train" and opts.shuffle_train:
-            order = np.random.default_rng([opts.seed, STREAM_ORDER]).permutation(len(records))
-            records = [records[i] for i in order]
-        ordered.append((split, records))
-    renamed = _resolve_key_collisions([r for _, records in ordered for r in records])
-    digest = hashlib.sha256(json.dumps([source, dataclasses.asdict(opts)], sort_keys=True).encode())
+            dropped[f"{split}: not in subset"] = len(listed) - len(rows)
+        ordered.append((split, rows))
+    del listed
+    known = key_hashes(table, [rows for _, rows in ordered])  # before the shuffle: sequential reads
+    if opts.shuffle_train:
+        # in place: the same order as indexing with rng.permutation(len(rows)), without its 8 B a row
+        train = ordered[SPLIT_ORDER.index("train")][1]  # an array of its own (fresh from the subset step)
+        np.random.default_rng([opts.seed, STREAM_ORDER]).shuffle(train)
+    renamed = resolve_key_collisions(table, [rows for _, rows in ordered], known)
+    del known
     shards: list[ShardPlan] = []
-    for split, records in ordered:
-        for r in records:
-            digest.update(f"{split}\0{r.path}\0{r.pid}\0{r.camid}\0{renamed.get(r, '')}\n".encode("utf-8", "surrogateescape"))
-        for i in range(0, len(records), opts.maxcount):
-            chunk = tuple(records[i:i + opts.maxcount])
-            own = {r: renamed[r] for r in chunk if r in renamed} if renamed else {}
-            shards.append(ShardPlan(split, i // opts.maxcount, chunk, own))
-    return Plan(shards, list(listing.skipped), dropped, digest.hexdigest())
+    for split, rows in ordered:
+        for i in range(0, len(rows), opts.maxcount):
+            chunk = rows[i:i + opts.maxcount]
+            own = {r: renamed[r] for r in chunk.tolist() if r in renamed} if renamed else {}
+            shards.append(ShardPlan(split, i // opts.maxcount, chunk, table, own))
+    fingerprint = _fingerprint(source, opts, table, ordered, renamed)
+    return Plan(shards, list(listing.skipped), dropped, fingerprint)
 
 
 def array_slice(n_shards: int, index: int, count: int) -> range:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from shard_tools.sources.base import FolderReader, Listing, Record, SourceError, load_name_list, walk_files
+from shard_tools.sources.base import FolderReader, Listing, SourceError, load_name_list, walk_files
+from shard_tools.sources.table import TableBuilder
 
 
 class LUPersonFolder(FolderReader):
@@ -28,10 +29,12 @@ class LUPersonFolder(FolderReader):
 
     def list(self) -> Listing:
         prefix = self.images.relative_to(self.root).as_posix()
-        paths = [p if prefix == "." else f"{prefix}/{p}" for p in walk_files(self.images)]
-        if not paths:
+        table = TableBuilder(labeled=False)
+        for p in walk_files(self.images):
+            table.add("train", p if prefix == "." else f"{prefix}/{p}")
+        if not len(table):
             raise SourceError(f"luperson: expected JPEG files under {self.images}, found none")
-        return Listing(records=[Record("train", p) for p in paths])
+        return Listing(table.build(), distinct=True)
 
 
 class LUPersonLMDB:
@@ -69,14 +72,17 @@ class LUPersonLMDB:
         return self._env.begin(buffers=False)
 
     def list(self) -> Listing:
+        table = TableBuilder(labeled=False)
         if self.keys_file is not None:
-            keys = load_name_list(self.keys_file)
+            for k in load_name_list(self.keys_file):  # the pickle itself is one str per key while it loads
+                table.add("train", k)
         else:
-            with self._txn() as txn:
-                keys = [k.decode("utf-8", "surrogateescape") for k, _ in txn.cursor()]
-        if not keys:
+            with self._txn() as txn:  # streamed: keys come sorted and distinct
+                for k in txn.cursor().iternext(keys=True, values=False):
+                    table.add("train", k.decode("utf-8", "surrogateescape"))
+        if not len(table):
             raise SourceError(f"luperson: the LMDB at {self.root} holds no keys")
-        return Listing(records=[Record("train", k) for k in keys])
+        return Listing(table.build(), distinct=self.keys_file is None)
 
     def read(self, path: str) -> bytes:
         with self._txn() as txn:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shard_tools.sources.base import FolderReader, Listing, Record, Skip, SourceError, find_root
+from shard_tools.sources.base import FolderReader, Listing, Skip, SourceError, find_root
+from shard_tools.sources.table import TableBuilder
 
 # (train folder, test folder) per release
 VERSIONS = {"V1": ("train", "test"), "V2": ("mask_train_v2", "mask_test_v2")}
@@ -45,7 +46,7 @@ class MSMT17Source(FolderReader):
         self.version = found[0]
 
     def list(self) -> Listing:
-        out = Listing(records=[])
+        table, skipped = TableBuilder(), []
         train_dir, test_dir = VERSIONS[self.version]
         for split, files in LISTS.items():
             folder = train_dir if split == "train" else test_dir
@@ -59,7 +60,7 @@ class MSMT17Source(FolderReader):
                         rel, pid = parts[0], int(parts[1])
                         camid = camera_of(rel)
                     except (IndexError, ValueError):
-                        out.skipped.append(Skip(split, f"{list_file}:{n}", f"malformed list line {line.strip()!r}"))
+                        skipped.append(Skip(split, f"{list_file}:{n}", f"malformed list line {line.strip()!r}"))
                         continue
-                    out.records.append(Record(split, f"{folder}/{rel}", pid, camid))
-        return out
+                    table.add(split, f"{folder}/{rel}", pid, camid)
+        return Listing(table.build(), skipped)  # list files may repeat a line: planning drops repeats

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from shard_tools.sources.base import FolderReader, Listing, Record, Skip, find_root, require_dirs, walk_files
+from shard_tools.sources.base import FolderReader, Listing, Skip, find_root, require_dirs, walk_files
+from shard_tools.sources.table import TableBuilder
 
 FOLDERS = {"bounding_box_train": "train", "query": "query", "bounding_box_test": "gallery"}
 JUNK_PID = -1
@@ -45,17 +46,17 @@ class ReidFolderSource(FolderReader):
         return pid, cam - 1
 
     def list(self) -> Listing:
-        out = Listing(records=[])
+        table, skipped, dropped = TableBuilder(), [], {}
         for folder, split in FOLDERS.items():
             for rel in walk_files(self.root / folder):
                 path = f"{folder}/{rel}"
-                parsed = self.parse(Path(rel).name)
+                parsed = self.parse(rel.rpartition("/")[2])
                 if isinstance(parsed, str):
-                    out.skipped.append(Skip(split, path, parsed))
+                    skipped.append(Skip(split, path, parsed))
                     continue
                 pid, camid = parsed
                 if pid == JUNK_PID:
-                    out.dropped["junk (pid -1)"] = out.dropped.get("junk (pid -1)", 0) + 1
+                    dropped["junk (pid -1)"] = dropped.get("junk (pid -1)", 0) + 1
                     continue
-                out.records.append(Record(split, path, pid, camid))
-        return out
+                table.add(split, path, pid, camid)
+        return Listing(table.build(), skipped, dropped, distinct=True)
