@@ -96,9 +96,9 @@ class ShardPlan:
         return ShardPlan, (self.split, self.index, own, self.table.take(self.rows), renamed)
 
 
-def _cfs_subset(table: RecordTable, rows: np.ndarray, top: list[str]) -> tuple[np.ndarray, int]:
+def _cfs_subset(table: RecordTable, rows: np.ndarray, top: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The rows that `top` names by relative path or by file name (a name takes the first such row),
-    in listing order; also how many names match no row.
+    in listing order; also which names matched a row (bool per name: a name may live in another split).
 
     Hashes of both spellings (16 B a row, while planning with a CFS list) stand in for a dict of
     every path and name; candidates are confirmed against the real strings.
@@ -113,7 +113,7 @@ def _cfs_subset(table: RecordTable, rows: np.ndarray, top: list[str]) -> tuple[n
     order = np.argsort(h, kind="stable")
     h.sort()  # in place: the same values as h[order], without a third array
     chosen = np.zeros(m, bool)
-    missing = 0
+    found = np.zeros(len(top), bool)
     for c in range(0, len(top), BATCH):
         names = top[c:c + BATCH]
         wanted = np.fromiter(map(stable_hash, names), np.int64, len(names))
@@ -121,26 +121,25 @@ def _cfs_subset(table: RecordTable, rows: np.ndarray, top: list[str]) -> tuple[n
         cands = [sorted({j % m for j in order[a:z].tolist()}) for a, z in zip(lo, hi)]  # positions, first first
         flat = sorted({i for cs in cands for i in cs})
         path = dict(zip(flat, table.paths.take(rows[np.array(flat, np.int64)])))
-        for name, cs in zip(names, cands):
+        for k, (name, cs) in enumerate(zip(names, cands)):
             best = next((i for i in cs if path[i] == name or Path(path[i]).name == name), None)
-            if best is None:
-                missing += 1
-            else:
+            if best is not None:
                 chosen[best] = True
-    return rows[chosen], missing
+                found[c + k] = True
+    return rows[chosen], found
 
 
 def _subset(table: RecordTable, rows: np.ndarray, opts: PackOptions, split: str,
-            cfs_top: list[str] | None) -> tuple[np.ndarray, int]:
-    """Rows kept by --fraction / --cfs-list, in listing order; also the CFS names not found."""
+            cfs_top: list[str] | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Rows kept by --fraction / --cfs-list, in listing order; with a CFS list also which names matched."""
     if cfs_top is not None:
         return _cfs_subset(table, rows, cfs_top)
     if opts.fraction >= 1.0:
-        return rows, 0
+        return rows, None
     k = round(opts.fraction * len(rows))
     rng = np.random.default_rng([opts.seed, STREAM_SUBSET, SPLIT_ORDER.index(split)])
     keep = np.sort(rng.choice(len(rows), size=k, replace=False))
-    return rows[keep], 0
+    return rows[keep], None
 
 
 @dataclasses.dataclass
@@ -218,15 +217,18 @@ def make_plan(listing: Listing, opts: PackOptions, source: str) -> Plan:
         cfs_top = names[: math.ceil(opts.fraction * len(names))]
         del names
     ordered: list[tuple[str, np.ndarray]] = []
+    cfs_found = None if cfs_top is None else np.zeros(len(cfs_top), bool)
     for code, split in enumerate(SPLIT_ORDER):
         listed = _without(_rows_of(table.split, code, index_dtype), drop)
-        rows, missing = _subset(table, listed, opts, split, cfs_top)
-        if missing:
-            dropped["cfs names not found"] = dropped.get("cfs names not found", 0) + missing
+        rows, found = _subset(table, listed, opts, split, cfs_top)
+        if found is not None:
+            cfs_found |= found  # a name is missing only when no split has it
         if opts.fraction < 1.0 or opts.cfs_list:
             dropped[f"{split}: not in subset"] = len(listed) - len(rows)
         ordered.append((split, rows))
     del listed
+    if cfs_found is not None and not cfs_found.all():
+        dropped["cfs names not found"] = int((~cfs_found).sum())
     known = key_hashes(table, [rows for _, rows in ordered])  # before the shuffle: sequential reads
     if opts.shuffle_train:
         # in place: the same order as indexing with rng.permutation(len(rows)), without its 8 B a row

@@ -112,6 +112,11 @@ def test_fraction_is_seeded_and_cfs_keeps_the_top(tiny_synth, tmp_path):
                   wds.WebDataset([str(tmp_path / "cfs" / s["name"]) for s in m["splits"]["train"]["shards"]],
                                  shardshuffle=False))
     assert kept == sorted(names[:7])  # ceil(0.1 * 61) = 7 names, all present
+    assert "cfs names not found" not in m["dropped"]  # the empty query/gallery splits miss nothing
+    (tmp_path / "cfs2.pkl").write_bytes(pickle.dumps(["not-there.jpg", *names]))
+    m = pack("luperson", tiny_synth / "unlabeled", tmp_path / "cfs2", fraction=0.1, cfs_list=str(tmp_path / "cfs2.pkl"),
+             progress=False)
+    assert m["dropped"]["cfs names not found"] == 1 and m["splits"]["train"]["samples"] == 6
 
 
 def test_rerun_with_other_options_into_same_folder_is_refused(tiny_synth, tmp_path):
