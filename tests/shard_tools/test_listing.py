@@ -23,15 +23,20 @@ TRICKY = ["a/x.jpg", "a-b/y.jpg", "a.b/z.jpg", "ab/w.jpg", "a/b/c.jpg", "a/b-c.j
           "A/up.jpg", "é/e.jpg", "a_b/x.jpg", "z.jpg", "a0/n.jpg"]
 
 
+def set_buffers(monkeypatch, run: int, readahead: int, block: int, spill: int, batch: int) -> None:
+    """Set the bounded buffers of the walk, the path store and the planner."""
+    monkeypatch.setattr(walk_mod, "RUN", run)
+    monkeypatch.setattr(walk_mod, "MERGE_READAHEAD", readahead)
+    monkeypatch.setattr(walk_mod, "MIN_BLOCK", block)
+    monkeypatch.setattr(table_mod, "SPILL_BYTES", spill)
+    monkeypatch.setattr(table_mod, "BATCH", batch)
+    monkeypatch.setattr(plan_mod, "BATCH", batch)
+
+
 @pytest.fixture
 def small_buffers(monkeypatch):
     """Shrink every bounded buffer so that tiny inputs exercise runs, merges, spills and batches."""
-    monkeypatch.setattr(walk_mod, "RUN", 3)
-    monkeypatch.setattr(walk_mod, "MERGE_READAHEAD", 16)
-    monkeypatch.setattr(walk_mod, "MIN_BLOCK", 1)
-    monkeypatch.setattr(table_mod, "SPILL_BYTES", 16)
-    monkeypatch.setattr(table_mod, "BATCH", 4)
-    monkeypatch.setattr(plan_mod, "BATCH", 4)
+    set_buffers(monkeypatch, run=3, readahead=16, block=1, spill=16, batch=4)
 
 
 def touch(root, names):
@@ -103,12 +108,7 @@ def test_listing_and_plan_memory_per_file_is_small(tmp_path, monkeypatch):
     # so that what remains grows with the file count: ~11 B per file held (uint32 path offset, split
     # code, int32 plan row, shard objects), ~18 B at the peak (+ 64-bit key hashes while planning).
     # One Python object per file would cost 50-250 B.
-    monkeypatch.setattr(walk_mod, "RUN", 256)
-    monkeypatch.setattr(walk_mod, "MERGE_READAHEAD", 4096)
-    monkeypatch.setattr(walk_mod, "MIN_BLOCK", 256)
-    monkeypatch.setattr(table_mod, "SPILL_BYTES", 4096)
-    monkeypatch.setattr(table_mod, "BATCH", 256)
-    monkeypatch.setattr(plan_mod, "BATCH", 256)
+    set_buffers(monkeypatch, run=256, readahead=4096, block=256, spill=4096, batch=256)
     _plan_bytes(tmp_path / "warm", 300)  # first-call caches (imports, regex, numpy RNG) out of the way
     held_a, peak_a, _ = _plan_bytes(tmp_path, 2000)
     held_b, peak_b, plan = _plan_bytes(tmp_path, 8000)
