@@ -28,7 +28,8 @@ from personvit.data.reid import ReIDTrainDataset, read_reid_split, relabel
 from personvit.data.reid_transforms import TrainTransform
 from personvit.data.samplers import KeyBatchSampler, PKSampler
 from personvit.data.shards import ShardError
-from personvit.distributed import DistInfo, barrier, init_distributed
+from personvit.distributed import DistInfo, all_reduce_sum_, barrier, init_distributed, is_dist
+from personvit.engine.errors import NonFiniteLossError
 from personvit.engine.evaluate import (
     EvaluationError,
     amp_settings,
@@ -180,8 +181,17 @@ class Finetuner:
         id_loss = F.cross_entropy(logits.float(), labels, label_smoothing=t.label_smoothing)
         tri_loss = batch_hard_triplet_loss(feat, labels)
         loss = t.id_loss_weight * id_loss + t.triplet_loss_weight * tri_loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {self.step} (id {id_loss.item()}, triplet {tri_loss.item()})")
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        if is_dist():
+            # Every rank must stop at the same step: one rank raising alone would leave the others
+            # waiting in the gradient all-reduce until the process-group timeout.
+            all_reduce_sum_(bad)
+        if bad.item() > 0:
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.step} (epoch {self.epoch}; this rank: id {id_loss.item():.4g}, "
+                f"triplet {tri_loss.item():.4g}); stopped before the update, last good checkpoint: "
+                f"{self.ckpt.latest()}"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -265,6 +275,6 @@ def main(argv: Sequence[str]) -> int:
     except preemption.Preempted as e:
         log.warning("%s; the checkpoint is saved, rerun the same command to resume", e)
         return EXIT_PREEMPTED
-    except (ShardError, EvaluationError) as e:
+    except (ShardError, EvaluationError, NonFiniteLossError) as e:
         raise SystemExit(f"personvit finetune: error: {e}") from None
     return 0

@@ -34,6 +34,7 @@ from personvit.config.pretrain import PretrainConfig
 from personvit.data.pretrain_loader import CorruptDataError, PretrainLoader
 from personvit.data.shards import ShardError
 from personvit.distributed import DistInfo, all_reduce_sum_, barrier, init_distributed, is_dist, shutdown
+from personvit.engine.errors import NonFiniteLossError
 from personvit.engine.optim import apply_schedule, build_adamw, cancel_last_layer_grads, clip_grad_per_tensor_
 from personvit.engine.schedules import pretrain_schedules
 from personvit.engine.ssl_model import build_student_teacher, ema_update_, init_backbone
@@ -44,10 +45,6 @@ from personvit.runlog import MetricsLogger, ProgressReporter, get_logger, resolv
 __all__ = ["NonFiniteLossError", "main", "run"]
 
 log = get_logger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf; the run stops before the update, so the last checkpoint stays good."""
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

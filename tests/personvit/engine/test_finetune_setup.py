@@ -98,3 +98,31 @@ def test_impossible_pk_batch_is_a_config_error(shards: Path, tmp_path: Path) -> 
 
     with pytest.raises(ConfigError, match=r"train.num_ids=300.*20 identities"):
         Finetuner(_cfg(shards, tmp_path / "ft", "train.num_ids=300"), SINGLE, tmp_path / "ft")
+
+
+def test_non_finite_loss_stops_in_one_line_and_keeps_the_last_checkpoint(shards: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from personvit.checkpoint import load_checkpoint
+
+    run_dir = tmp_path / "ft"
+    base = [sys.executable, "-m", "personvit", "finetune", str(TINY_CONFIG), f"data.shards={shards}",
+            f"run.dir={run_dir}", *SMALL, "train.warmup_epochs=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # One sane epoch leaves a checkpoint; resuming into a second epoch with an absurd learning rate
+    # blows the weights up within a step or two.
+    subprocess.run([*base, "train.epochs=1"], check=True, capture_output=True, timeout=300, env=env)
+    good = CheckpointManager(run_dir / "checkpoints").latest()
+    good_step = load_checkpoint(good)["step"]
+    r = subprocess.run([*base, "train.epochs=2", "train.base_lr=1e12"], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 1, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("personvit finetune: error: non-finite loss at step "), last
+    assert "Traceback" not in r.stderr and str(good) in last
+    assert int(last.split("at step ")[1].split()[0]) > good_step
+    # Nothing was saved from the diverged steps: `latest` is still the good, loadable checkpoint.
+    assert CheckpointManager(run_dir / "checkpoints").latest() == good
+    assert load_checkpoint(good)["step"] == good_step
