@@ -13,7 +13,8 @@ machine inflate them less than wall time would:
 - ours with 2 DataLoader workers (CPU of the main process + the joined workers: adds the IPC of
   the uint8 batches), and with reduced-scale JPEG decoding switched off;
 - ours, everything on CPU: the same plus `batch.views("cpu")` (the batched photometric ops on CPU),
-  the honest number for a machine without GPU.
+  the honest number for a machine without GPU; with the exact (torchvision) colour jitter, the
+  default, and with the composed-matrix jitter (`data.jitter_impl=matrix`).
 
 Targets (issue 5): >= 4x images/s per core over the baseline; <= 6 CPU cores per A100 consuming
 2,000 img/s. Writes `loader.json` next to this file.
@@ -203,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             "ours_worker_2proc": lambda: run_ours(replace(cfg, num_workers=2), with_views=False),
             "ours_worker_nodraft": lambda: run_ours(replace(cfg, decode_draft=False), with_views=False),
             "ours_cpu_all": lambda: run_ours(cfg, with_views=True),
+            "ours_cpu_all_matrix": lambda: run_ours(replace(cfg, jitter_impl="matrix"), with_views=True),
         }
         times: dict[str, list[float]] = {k: [] for k in runs}
         for _ in range(args.repeats):  # interleaved, so load from other users hits all alike
@@ -217,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         "ours_worker_2proc": "  same, 2 DataLoader workers (+ IPC)",
         "ours_worker_nodraft": "  same, full-size JPEG decode",
         "ours_cpu_all": "ours, all on CPU (views on CPU)",
+        "ours_cpu_all_matrix": "  same, matrix colour jitter",
     }
     print(f"{n} images, height {args.min_h}-{args.max_h}, batch {args.batch}, 1 thread, median of {args.repeats}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")

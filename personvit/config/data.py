@@ -49,6 +49,10 @@ class PretrainDataConfig:
         flip_p: horizontal flip probability.
         brightness, contrast, saturation, hue: colour-jitter strengths (torchvision semantics).
         jitter_p: probability of applying colour jitter.
+        jitter_impl: `exact` applies torchvision's ColorJitter op by op (HSV hue, clamp after each
+            op; the paper's augmentation); `matrix` composes one colour matrix per image (hue as a
+            YIQ rotation, moving HSV hue by 0.5-1.6x torchvision's shift; one clamp): cheaper where
+            the photometric work runs on a CPU.
         grayscale_p: probability of grayscale.
         blur_p: Gaussian blur probability per view kind (global 1, global 2, local).
         blur_sigma: blur sigma range.
@@ -82,6 +86,7 @@ class PretrainDataConfig:
     saturation: float = 0.2
     hue: float = 0.1
     jitter_p: float = 0.8
+    jitter_impl: Literal["exact", "matrix"] = "exact"
     grayscale_p: float = 0.2
     blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
@@ -122,6 +127,8 @@ class PretrainDataConfig:
         for name in ("brightness", "contrast", "saturation"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.jitter_impl not in ("exact", "matrix"):
+            raise ValueError(f"jitter_impl must be 'exact' or 'matrix', got {self.jitter_impl!r}")
         if not 0.0 <= self.hue <= 0.5:
             raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
         if not self.pred_ratio or len(self.pred_ratio) != len(self.pred_ratio_var):

@@ -46,6 +46,7 @@ class PretrainBatch:
         epoch: epoch of the batch.
         index: batch index inside the epoch (resume position = index + 1).
         max_sigma: blur kernel size parameter (the config's largest sigma).
+        jitter_impl: `exact` or `matrix` colour jitter (see `apply_photometric`).
         corrupt: `shard/key: reason` of samples that failed to decode; their slots hold a copy of
             another image of the batch with the slot's own random draws.
     """
@@ -59,6 +60,7 @@ class PretrainBatch:
     index: int
     max_sigma: float = 2.0
     corrupt: list[str] = field(default_factory=list)
+    jitter_impl: str = "exact"
 
     @property
     def batch_size(self) -> int:
@@ -67,7 +69,7 @@ class PretrainBatch:
     def _map(self, fn) -> PretrainBatch:
         return PretrainBatch(
             [fn(t) for t in self.global_crops], [fn(t) for t in self.local_crops], self.photometric.map(fn),
-            fn(self.masks), self.keys, self.epoch, self.index, self.max_sigma, self.corrupt,
+            fn(self.masks), self.keys, self.epoch, self.index, self.max_sigma, self.corrupt, self.jitter_impl,
         )
 
     def pin_memory(self) -> PretrainBatch:
@@ -92,7 +94,7 @@ class PretrainBatch:
                 continue
             x = torch.cat([c.to(device, non_blocking=True) for c in crops])
             p = params.map(lambda t, lo=lo, n=len(crops): t[lo : lo + n].flatten(0, 1))
-            out.extend(apply_photometric(x, p, self.max_sigma).split(b))
+            out.extend(apply_photometric(x, p, self.max_sigma, jitter_impl=self.jitter_impl).split(b))
         return out
 
 
@@ -110,7 +112,8 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(tensors, out=out)
 
 
-def collate(samples: list[SampleViews], n_global: int, epoch: int, index: int, max_sigma: float, corrupt: list[str]) -> PretrainBatch:
+def collate(samples: list[SampleViews], n_global: int, epoch: int, index: int, max_sigma: float, corrupt: list[str],
+            jitter_impl: str = "exact") -> PretrainBatch:
     """Stack samples into a `PretrainBatch`.
 
     Args:
@@ -119,6 +122,7 @@ def collate(samples: list[SampleViews], n_global: int, epoch: int, index: int, m
         epoch, index: batch identity.
         max_sigma: forwarded for `views`.
         corrupt: corrupt-sample reports of this batch.
+        jitter_impl: forwarded for `views`.
     """
     n_views = len(samples[0].crops)
     crops = [_stack([s.crops[v] for s in samples]) for v in range(n_views)]
@@ -130,5 +134,6 @@ def collate(samples: list[SampleViews], n_global: int, epoch: int, index: int, m
     )
     masks = torch.from_numpy(np.stack([s.masks for s in samples], axis=1))  # [2, B, N]
     return PretrainBatch(
-        crops[:n_global], crops[n_global:], photometric, masks, [s.key for s in samples], epoch, index, max_sigma, corrupt
+        crops[:n_global], crops[n_global:], photometric, masks, [s.key for s in samples], epoch, index, max_sigma, corrupt,
+        jitter_impl,
     )

@@ -3,8 +3,10 @@
 Workers only *draw* each sample's parameters (from its own generator, so the stream does not
 depend on worker count); `apply_photometric` then runs on the batch, on the GPU when there is one:
 
-- colour jitter (brightness, contrast, saturation, hue in a random order per sample) and grayscale
-  are all affine in RGB, so they compose into one 3x4 colour matrix per sample, hue being a
+- colour jitter (brightness, contrast, saturation, hue in a random order per sample): by default
+  exactly torchvision's ColorJitter, op by op with per-image factors (`color_jitter.py`);
+- or (`data.jitter_impl=matrix`, cheaper on a CPU): jitter and grayscale are affine in RGB but for
+  hue and the clamps, so they compose into one 3x4 colour matrix per sample, hue being a
   rotation in the YIQ chroma plane (instead of an HSV round trip; it moves HSV hue the same way by
   0.7x-1.5x torchvision's shift depending on the colour, and keeps luma where HSV keeps value). Contrast blends towards the
   image's mean gray, which is itself affine in the image's mean RGB, so the composition is exact
@@ -23,10 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from personvit.config.data import PretrainDataConfig
+from personvit.data.color_jitter import GRAY_WEIGHTS, color_jitter, grayscale
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 SOLARIZE_THRESHOLD = 128 / 255  # PIL ImageOps.solarize default, as DINO uses it
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
 _YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
@@ -168,8 +170,9 @@ def _subset(mask: torch.Tensor) -> torch.Tensor | None:
     return idx if idx.numel() else None
 
 
-def apply_photometric(x: torch.Tensor, p: PhotometricParams, max_sigma: float, normalize: bool = True) -> torch.Tensor:
-    """Flip, colour matrix, grayscale, clamp, blur, solarize, normalise: uint8 [N, 3, H, W] -> float32.
+def apply_photometric(x: torch.Tensor, p: PhotometricParams, max_sigma: float, normalize: bool = True,
+                      jitter_impl: str = "exact") -> torch.Tensor:
+    """Flip, colour jitter, grayscale, blur, solarize, normalise: uint8 [N, 3, H, W] -> float32.
 
     Flip, blur and solarize run on the images that draw them only (blur is the costly op on a CPU,
     and only global 1 always gets it).
@@ -179,13 +182,22 @@ def apply_photometric(x: torch.Tensor, p: PhotometricParams, max_sigma: float, n
         p: parameters with leading dim N, on the same device.
         max_sigma: the config's largest blur sigma (kernel size).
         normalize: apply ImageNet mean/std (off for visual checks).
+        jitter_impl: `exact` = torchvision's ColorJitter op by op (`color_jitter.color_jitter`);
+            `matrix` = one composed colour matrix per image (YIQ hue, one clamp; cheaper on a CPU).
     """
     n, c, h, w = x.shape
     x = x.float().div_(255)
     if (idx := _subset(p.flip)) is not None:
         x[idx] = x[idx].flip(-1)
-    mats = color_matrices(p.jitter, p.jitter_order, p.grayscale, x.mean((2, 3)))
-    x = torch.baddbmm(mats[:, :, 3:], mats[:, :, :3], x.view(n, c, h * w)).view(n, c, h, w).clamp_(0, 1)
+    if jitter_impl == "exact":
+        x = color_jitter(x, p.jitter, p.jitter_order)
+        if (idx := _subset(p.grayscale)) is not None:
+            x[idx] = grayscale(x[idx]).expand(-1, c, -1, -1)
+    elif jitter_impl == "matrix":
+        mats = color_matrices(p.jitter, p.jitter_order, p.grayscale, x.mean((2, 3)))
+        x = torch.baddbmm(mats[:, :, 3:], mats[:, :, :3], x.view(n, c, h * w)).view(n, c, h, w).clamp_(0, 1)
+    else:
+        raise ValueError(f"jitter_impl must be 'exact' or 'matrix', got {jitter_impl!r}")
     if (idx := _subset(p.blur_sigma > 0)) is not None:
         x[idx] = gaussian_blur(x[idx], p.blur_sigma[idx], max_sigma)
     if (idx := _subset(p.solarize)) is not None:

@@ -106,7 +106,7 @@ class _EpochBatches(IterableDataset):
             # position's random draws, so batch size and every other slot are unaffected.
             src = images[i] if images[i] is not None else images[next((j for j in good if j > i), good[0])]
             samples.append(self._sample(p, src, keys[i]))
-        return collate(samples, 2, self.epoch, b, float(self.cfg.blur_sigma[1]), corrupt)
+        return collate(samples, 2, self.epoch, b, float(self.cfg.blur_sigma[1]), corrupt, self.cfg.jitter_impl)
 
 
 class PretrainLoader:
