@@ -264,7 +264,9 @@ def run_demo(out: Path, size_name: str, seeds: int, executor_wanted: str) -> dic
             [TrainJob("pretrain", str(PRETRAIN_CFG), pre_over, run_dir=str(pre_dir), max_requeues=0)],
         )
         stages.run("pretraining (1 job)", wait_jobs, stages, pre_jobs, [pre_dir])
-        losses = report.loss_first_last(pre_dir / "metrics.jsonl")
+        losses = report.loss_first_last(
+            pre_dir / "metrics.jsonl", keys=("loss", "dino", "mim", "teacher_entropy", "teacher_mean_entropy")
+        )
 
         torch.set_num_threads(os.cpu_count() or 1)
         no_ft = {}

@@ -38,7 +38,7 @@ from personvit.engine.errors import NonFiniteLossError
 from personvit.engine.optim import apply_schedule, build_adamw, cancel_last_layer_grads, clip_grad_per_tensor_
 from personvit.engine.schedules import pretrain_schedules
 from personvit.engine.ssl_model import build_student_teacher, ema_update_, init_backbone
-from personvit.losses import DINOMIMLoss
+from personvit.losses import DINOMIMLoss, teacher_entropies
 from personvit.rng import seed_step
 from personvit.runlog import MetricsLogger, ProgressReporter, get_logger, resolve_run_dir, start_run
 
@@ -175,17 +175,26 @@ def _step(
     autocast,
     world: int,
     on_non_finite,
-) -> tuple[float, float, float]:
-    """Forward both networks, check the loss, backward, clip, step, EMA; returns rank-averaged (total, dino, mim)."""
+) -> tuple[float, float, float, float, float]:
+    """Forward both networks, check the loss, backward, clip, step, EMA.
+
+    Returns:
+        Rank-averaged (total, dino, mim, teacher entropy, entropy of the mean teacher target).
+    """
     masks = batch.masks.to(views[0].device, non_blocking=True)
     with autocast:
         with torch.no_grad():
             t_out = t.teacher(views[:2], patch_views=2)
+            # Before the loss: it updates the centre after computing the targets.
+            entropies = teacher_entropies(t_out.cls, t.loss_fn.center, t.loss_fn.temperatures(epoch)[0])
         s_out = t.model(views, masks=masks, patch_views=2)
         out = t.loss_fn(s_out.cls, s_out.patch, t_out.cls, t_out.patch, masks, epoch)
-    # One collective both for logging and for agreeing on every rank that the loss is finite.
-    terms = all_reduce_sum_(torch.stack([out.total, out.dino, out.mim]).detach().float()) / world
-    total, dino, mim = (float(v) for v in terms.cpu())
+    # One collective for logging, the diagnostics and agreeing on every rank that the loss is finite.
+    terms = (
+        all_reduce_sum_(torch.cat([torch.stack([out.total, out.dino, out.mim]).detach().float(), entropies]))
+        / world
+    )
+    total, dino, mim, ent, ent_mean = (float(v) for v in terms.cpu())
     if not all(math.isfinite(v) for v in (total, dino, mim)):
         on_non_finite(dino=dino, mim=mim, total=total)
     t.optimizer.zero_grad(set_to_none=True)
@@ -197,7 +206,7 @@ def _step(
     t.scaler.step(t.optimizer)
     t.scaler.update()
     ema_update_(t.teacher, t.student, momentum)
-    return total, dino, mim
+    return total, dino, mim, ent, ent_mean
 
 
 def _train(cfg: PretrainConfig, dist_info: DistInfo) -> dict[str, Any]:
@@ -265,7 +274,7 @@ def _train(cfg: PretrainConfig, dist_info: DistInfo) -> dict[str, Any]:
                 # a function of (step, rank), not of the run's history: what makes resume exact.
                 seed_step(cfg.run.seed, step, rank)
                 views = batch.views(device)
-                last_loss, dino, mim = _step(
+                last_loss, dino, mim, ent, ent_mean = _step(
                     t, batch, views, epoch, momentum, cfg, autocast, world, non_finite
                 )
                 step += 1
@@ -282,6 +291,8 @@ def _train(cfg: PretrainConfig, dist_info: DistInfo) -> dict[str, Any]:
                         momentum=momentum,
                         teacher_temp=temps[0],
                         teacher_patch_temp=temps[1],
+                        teacher_entropy=ent,
+                        teacher_mean_entropy=ent_mean,
                         **window.rates(cfg.data.batch_size_per_rank * world),
                         corrupt_skipped=t.loader.corrupt_skipped,
                     )

@@ -1,5 +1,11 @@
 """Losses: one per file. `dino_mim` is the pretraining objective (DINO CLS + masked patches)."""
 
-from personvit.losses.dino_mim import DINOMIMLoss, LossOutput, dino_mim_loss, warmup_temperature
+from personvit.losses.dino_mim import (
+    DINOMIMLoss,
+    LossOutput,
+    dino_mim_loss,
+    teacher_entropies,
+    warmup_temperature,
+)
 
-__all__ = ["DINOMIMLoss", "LossOutput", "dino_mim_loss", "warmup_temperature"]
+__all__ = ["DINOMIMLoss", "LossOutput", "dino_mim_loss", "teacher_entropies", "warmup_temperature"]

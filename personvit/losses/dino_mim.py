@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DINOMIMLoss", "LossOutput", "dino_mim_loss", "warmup_temperature"]
+__all__ = ["DINOMIMLoss", "LossOutput", "dino_mim_loss", "teacher_entropies", "warmup_temperature"]
 
 
 class LossOutput(NamedTuple):
@@ -122,6 +122,28 @@ def dino_mim_loss(
             mim = _patch_term(student_patch, t_patch, masks, student_temp)
             total = lambda1 * dino + lambda2 * mim
     return LossOutput(total=total, dino=dino, mim=mim)
+
+
+@torch.no_grad()
+def teacher_entropies(teacher_cls: torch.Tensor, center: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+    """Collapse diagnostics of the teacher's CLS targets, in nats: [mean per-image entropy, entropy of
+    the batch-mean target].
+
+    The two ways DINO collapses show here before they show in retrieval: every image on one prototype
+    drives both towards 0; uniform targets drive the first towards ln K (the centre wins over the
+    sharpening). Healthy training keeps the first well below ln K and the second near ln K.
+
+    Args:
+        teacher_cls: [V, B, K] teacher CLS logits.
+        center: [K] the centre the loss subtracts (before this step's update).
+        teacher_temp: this epoch's teacher temperature.
+    """
+    with torch.autocast(teacher_cls.device.type, enabled=False):
+        log_p = F.log_softmax((teacher_cls.float() - center.float()) / teacher_temp, dim=-1).flatten(0, 1)
+        per_image = -(log_p.exp() * log_p).sum(-1).mean()
+        mean_p = log_p.exp().mean(0)
+        of_mean = -(mean_p * mean_p.clamp_min(1e-30).log()).sum()
+    return torch.stack([per_image, of_mean])
 
 
 def warmup_temperature(epoch: int, start: float, end: float, warmup_epochs: int) -> float:

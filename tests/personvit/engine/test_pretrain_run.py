@@ -7,6 +7,7 @@ command's exit status and message run it as a subprocess.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import threading
@@ -108,10 +109,14 @@ def test_logs_and_checkpoint_state_follow_the_recipe(shards, tmp_path):
             "momentum",
             "teacher_temp",
             "teacher_patch_temp",
+            "teacher_entropy",
+            "teacher_mean_entropy",
             "images_per_s",
             "data_wait",
         } <= r.keys()
         assert 0.0 <= r["data_wait"] <= 1.0 and r["images_per_s"] > 0
+        # Entropies in nats of K = 256 prototypes (SMALL head); the batch mean is at least as spread.
+        assert 0.0 <= r["teacher_entropy"] <= r["teacher_mean_entropy"] + 1e-4 <= math.log(256) + 1e-3
     lrs = [r["lr"] for r in rows]
     peak = min(8e-3 * 16 / 256, 2e-3)
     assert (

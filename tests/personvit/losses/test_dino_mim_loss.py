@@ -230,3 +230,29 @@ def test_module_uses_the_epoch_temperature_and_updates_centres_after_the_loss():
     assert set(module.state_dict()) == {"center", "center2"}
     with pytest.raises(ValueError, match="student_temp must be > 0"):
         DINOMIMLoss(7, 6, student_temp=0.0)
+
+
+def test_teacher_entropies_tell_the_two_collapses_apart():
+    from personvit.losses import teacher_entropies
+
+    k, b = 64, 32
+    center = torch.zeros(k)
+    # Uniform collapse: every logit equal -> both entropies ln K.
+    ent = teacher_entropies(torch.zeros(2, b, k), center, 0.04)
+    torch.testing.assert_close(ent, torch.full((2,), math.log(k)))
+    # One-hot collapse: every image on prototype 3 -> both ~0.
+    logits = torch.zeros(2, b, k)
+    logits[..., 3] = 10.0
+    assert teacher_entropies(logits, center, 0.04).max() < 1e-6
+    # Healthy: sharp per image, spread over prototypes -> first ~0, second ln(#prototypes used).
+    logits = torch.zeros(2, b, k)
+    logits[:, torch.arange(b), torch.arange(b) % 16] = 10.0
+    per_image, of_mean = teacher_entropies(logits, center, 0.04).tolist()
+    assert per_image < 1e-6 and of_mean == pytest.approx(math.log(16), abs=1e-5)
+    # The centre is subtracted and the temperature divides, as in the loss.
+    x = torch.randn(2, b, k)
+    c = torch.randn(k)
+    lp = torch.log_softmax((x.double() - c.double()) / 0.07, -1).flatten(0, 1)  # float64 reference
+    pm = lp.exp().mean(0)
+    ref = torch.stack([-(lp.exp() * lp).sum(-1).mean(), -(pm * pm.log()).sum()]).float()
+    torch.testing.assert_close(teacher_entropies(x, c, 0.07), ref, atol=1e-4, rtol=0)
