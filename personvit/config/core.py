@@ -29,6 +29,37 @@ class ConfigError(ValueError):
 
 # --------------------------------------------------------------------------- reading YAML
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping.
+
+    Plain YAML keeps the last value silently, so `lr: 1e-3` ... `lr: 5e-4` in a long recipe would
+    train with whichever came later; here it is an error naming the key and both lines.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges, it is not a key
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader gives its own error below
+                continue
+            if first is None:
+                seen[key] = line
+            else:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (lines {first} and {line})", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(stream: Any) -> Any:
+    """`yaml.safe_load` with duplicate keys refused (see `UniqueKeyLoader`)."""
+    return yaml.load(stream, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML config, resolving `extends: other.yaml` (relative to the file) recursively.
 
@@ -44,7 +75,9 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}")
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            data = load_yaml_text(f)
+    except yaml.constructor.ConstructorError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e.problem}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
     if data is None:

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image
 
 from personvit.checkpoint import CheckpointError, resolve_checkpoint_path
+from personvit.config.core import load_yaml_text
 from personvit.data.shards import ShardError, ShardReader, index_tar, read_manifest
 from personvit.models import VisionTransformer, build_vit
 from personvit.models.loading import load_backbone, read_checkpoint_file
@@ -64,7 +64,7 @@ def _run_config(ckpt: Path) -> dict[str, Any]:
     for folder in (ckpt.parent, ckpt.parent.parent):
         path = folder / "config.yaml"
         if path.is_file():
-            cfg = yaml.safe_load(path.read_text()) or {}
+            cfg = load_yaml_text(path.read_text()) or {}
             return cfg if isinstance(cfg, dict) else {}
     return {}
 

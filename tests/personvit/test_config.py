@@ -104,3 +104,33 @@ def test_saved_config_round_trips(tmp_path):
     again = load_config(Cfg, tmp_path / "config.yaml")
     assert again == cfg
     assert config_to_dict(again)["optim"]["betas"] == [0.9, 0.999]
+
+
+def test_duplicate_key_names_the_key_and_both_lines(tmp_path):
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("data:\n  shards: /a\n  workers: 2\noptim:\n  lr: 0.1\n  kind: sgd\n  lr: 0.2\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(Cfg, dup)
+    message = str(exc.value)
+    assert "duplicate key 'lr' (lines 5 and 7)" in message and str(dup) in message, message
+    assert "\n" not in message
+    # The same key in two different sections is not a duplicate, nor is a key merged in with `<<`.
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("data: &d\n  shards: /a\n  workers: 1\noptim: {lr: 0.5}\nrun: {seed: 3}\n")
+    assert load_config(Cfg, ok).optim.lr == 0.5
+    from personvit.config.core import load_yaml_text
+
+    assert load_yaml_text("a: &x {k: 1}\nb:\n  <<: *x\n  j: 2\n") == {"a": {"k": 1}, "b": {"k": 1, "j": 2}}
+    flow = tmp_path / "flow.yaml"
+    flow.write_text("data: {shards: /a, shards: /b}\n")
+    with pytest.raises(ConfigError, match="duplicate key 'shards' \\(lines 1 and 1\\)"):
+        load_config(Cfg, flow)
+
+
+def test_duplicate_key_in_a_cluster_profile_is_refused(tmp_path):
+    from slurm.profiles import load_profile
+
+    profile = tmp_path / "p.yaml"
+    profile.write_text("executor: local\nnodes: 1\nnodes: 2\n")
+    with pytest.raises(ConfigError, match="duplicate key 'nodes' \\(lines 2 and 3\\)"):
+        load_profile(str(profile))
