@@ -16,7 +16,7 @@ def _parser() -> argparse.ArgumentParser:
     pk = sub.add_parser("pack", help="pack a dataset into {split}-NNNNNN.tar shards + manifest.json")
     pk.add_argument("source", choices=list(SOURCES), help="dataset type")
     pk.add_argument("src", help="dataset folder (or the folder that holds it)")
-    pk.add_argument("out", help="output shard folder; rerunning into it resumes")
+    pk.add_argument("out", help="output shard folder (empty or new); rerunning into it resumes")
     pk.add_argument("--maxcount", type=int, default=10000, help="samples per shard (default 10000)")
     pk.add_argument("--workers", type=int, default=1, help="writer processes; output is identical for any value")
     pk.add_argument("--fraction", type=float, default=1.0, help="keep this fraction (random, or the top of --cfs-list)")
@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     pk.add_argument("--check", choices=["header", "decode"], default="header",
                     help="header: JPEG marker structure, empty/non-JPEG/truncated files (default, fast); "
                          "decode: also entropy-decode every image (~10x slower)")
+    pk.add_argument("--overwrite", action="store_true",
+                    help="replace the shards, manifest and pack state another pack left in OUT")
     pk.add_argument("--quiet", action="store_true", help="no progress or summary")
 
     mg = sub.add_parser("merge", help="write manifest.json once every array task has finished")
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             pack(args.source, args.src, args.out, maxcount=args.maxcount, workers=args.workers,
                  fraction=args.fraction, cfs_list=args.cfs_list, seed=args.seed, array_index=index,
                  array_count=count, shuffle_train=not args.no_shuffle, decode_check=args.check == "decode",
-                 progress=not args.quiet)
+                 overwrite=args.overwrite, progress=not args.quiet)
         elif args.cmd == "merge":
             from shard_tools.manifest import merge
 
@@ -109,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     except (SourceError, ValueError) as e:
         print(f"shard-tools {args.cmd}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C; pack's PackInterrupted says what it kept
+        detail = str(e) or ("nothing written yet; rerun the same command" if args.cmd == "pack" else "")
+        print(f"shard-tools {args.cmd}: interrupted{'; ' + detail if detail else ''}", file=sys.stderr)
+        return 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
     return 0
 
 

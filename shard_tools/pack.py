@@ -6,6 +6,7 @@ import dataclasses
 import gc
 import json
 import multiprocessing as mp
+import signal
 import sys
 import time
 from pathlib import Path
@@ -20,12 +21,17 @@ from shard_tools.manifest import (
     merge,
     write_plan_info,
 )
-from shard_tools.plan import PackOptions, ShardPlan, array_slice, make_plan, shard_advice
-from shard_tools.sources import Source, open_source
+from shard_tools.outdir import claim_out_folder
+from shard_tools.plan import PackOptions, Plan, ShardPlan, array_slice, make_plan, shard_advice
+from shard_tools.sources import Source, SourceError, open_source
 from shard_tools.writer import ShardWriter, remove_stale_temps
 
 log = get_logger("shard_tools.pack")
 MAX_SKIPS_LOGGED = 20
+
+
+class PackInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped a pack; finished shards are kept and a rerun resumes."""
 
 
 def sample_json(source: str, pid: int, camid: int, path: str) -> bytes:
@@ -80,6 +86,9 @@ _WORKER: dict = {}
 
 
 def _init_worker(source: Source, out: Path, decode_check: bool, fingerprint: str) -> None:
+    # Ctrl-C reaches the whole process group: the parent alone handles it (and terminates the pool),
+    # so workers print no KeyboardInterrupt tracebacks of their own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER.update(source=source, out=out, decode_check=decode_check, fingerprint=fingerprint)
 
 
@@ -91,7 +100,7 @@ def _write_in_worker(shard: ShardPlan) -> dict:
 def pack(source: str, src: str | Path, out: str | Path, *, maxcount: int = 10000, workers: int = 1,
          fraction: float = 1.0, cfs_list: str | None = None, seed: int = 0, array_index: int = 0,
          array_count: int = 1, shuffle_train: bool = True, decode_check: bool = False,
-         progress: bool = True) -> dict | None:
+         overwrite: bool = False, progress: bool = True) -> dict | None:
     """Pack `source` at `src` into shards in `out`; resumes whatever an earlier run left.
 
     Args:
@@ -102,39 +111,83 @@ def pack(source: str, src: str | Path, out: str | Path, *, maxcount: int = 10000
         workers: processes writing shards (output bytes do not depend on it).
         fraction, cfs_list, seed, shuffle_train, decode_check: see `PackOptions`.
         array_index, array_count: write only this task's contiguous range of shards.
+        overwrite: replace a shard set that another pack left in `out` (see `claim_out_folder`).
         progress: show progress and the final summary.
 
     Returns:
         The manifest when the whole set is finished (it is written to `out/manifest.json`), else None
         (other array tasks still have shards to write).
+
+    Raises:
+        SourceError: bad input, a foreign output folder, a set of 0 samples, or a failed write (ENOSPC,
+            EIO, ...: one line naming the file; finished shards are kept, temporaries removed).
+        PackInterrupted: on Ctrl-C, after the same clean-up.
     """
     t0 = time.monotonic()
     opts = PackOptions(maxcount=maxcount, fraction=fraction, cfs_list=cfs_list, seed=seed,
                        shuffle_train=shuffle_train, decode_check=decode_check)
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
+    if overwrite and array_count > 1:
+        raise SourceError("--overwrite cannot be used by array tasks (each would delete the others' shards); "
+                          "empty the output folder first")
     src_obj = open_source(source, src)
     plan = make_plan(src_obj.list(), opts, source)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_plan_info(out, {
-        "fingerprint": plan.fingerprint, "source": source, "source_root": str(Path(src_obj.root).resolve()),
-        "options": dataclasses.asdict(opts),
-        "shards": {split: [s.name for s in shards] for split, shards in plan.splits().items()},
-        "skipped": [s.to_dict() for s in plan.skipped], "dropped": plan.dropped,
-    })
+    claim_out_folder(out, plan.fingerprint, [s.name for s in plan.shards], overwrite)
     mine = [plan.shards[i] for i in array_slice(len(plan.shards), array_index, array_count)]
-    todo = [s for s in mine if load_journal(out, s.name, plan.fingerprint) is None]
+    todo: list[ShardPlan] = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_plan_info(out, {
+            "fingerprint": plan.fingerprint, "source": source, "source_root": str(Path(src_obj.root).resolve()),
+            "options": dataclasses.asdict(opts),
+            "shards": {split: [s.name for s in shards] for split, shards in plan.splits().items()},
+            "skipped": [s.to_dict() for s in plan.skipped], "dropped": plan.dropped,
+        })
+        todo = [s for s in mine if load_journal(out, s.name, plan.fingerprint) is None]
+        _write_shards(plan, mine, todo, src_obj, out, opts, workers, progress, t0, f"pack {source}")
+        if any(load_journal(out, s.name, plan.fingerprint) is None for s in plan.shards):
+            if progress:
+                print(f"array task {array_index}/{array_count} done; run `shard-tools merge {out}` once all "
+                      "tasks finish", flush=True)
+            return None
+        manifest = merge(out)
+    except OSError as e:
+        _remove_temps(out, todo)
+        kept = sum(load_journal(out, s.name, plan.fingerprint) is not None for s in mine)
+        raise SourceError(f"cannot write {e.filename or out}: {e.strerror or e}; {kept} of {len(mine)} shard(s) "
+                          "finished and kept, temporary files removed: free space (or fix the device) and "
+                          "rerun the same command to resume") from None
+    except KeyboardInterrupt:
+        _remove_temps(out, todo)
+        kept = sum(load_journal(out, s.name, plan.fingerprint) is not None for s in mine)
+        raise PackInterrupted(f"{kept} of {len(mine)} shard(s) finished and kept in {out}; "
+                              "rerun the same command to resume") from None
+    if progress:
+        print(f"wrote {out / MANIFEST}: " + ", ".join(f"{k} {v['samples']} samples / {v['num_shards']} shards"
+                                                      for k, v in manifest["splits"].items()), flush=True)
+    if not sum(v["samples"] for v in manifest["splits"].values()):
+        first = next(iter(manifest["skipped"]), None)
+        why = f" (first: {first['path']}: {first['reason']})" if first else ""
+        raise SourceError(f"packed 0 samples into {out}: all {manifest['num_skipped']} listed image(s) were "
+                          f"skipped{why}; every one is listed with its reason in {out / MANIFEST}")
+    return manifest
+
+
+def _write_shards(plan: Plan, mine: list[ShardPlan], todo: list[ShardPlan], src_obj: Source, out: Path,
+                  opts: PackOptions, workers: int, progress: bool, t0: float, label: str) -> None:
+    """Write the `todo` shards of this task's `mine`, with progress, skip logging and a summary line."""
     total = sum(len(s) for s in mine)
     done_before = total - sum(len(s) for s in todo)
     if progress:
         for split, shards in plan.splits().items():
-            print(shard_advice(sum(len(s) for s in shards), maxcount, split), flush=True)
+            print(shard_advice(sum(len(s) for s in shards), opts.maxcount, split), flush=True)
         if done_before:
             print(f"resuming: {len(mine) - len(todo)} of {len(mine)} shard(s) already finished", flush=True)
     packed = skipped = 0
     t1 = time.monotonic()
-    with ProgressReporter(total, f"pack {source}", enabled=progress, every_s=10.0, initial=done_before) as bar:
+    with ProgressReporter(total, label, enabled=progress, every_s=10.0, initial=done_before) as bar:
         for entry in _run(todo, src_obj, out, opts.decode_check, plan.fingerprint, workers):
             packed += entry["samples"]
             for s in entry["skipped"]:
@@ -148,16 +201,12 @@ def pack(source: str, src: str | Path, out: str | Path, *, maxcount: int = 10000
     if progress:
         print(f"packed {packed} images into {len(todo)} shard(s) in {dt:.1f} s: {packed / max(dt, 1e-9):.0f} images/s "
               f"({workers} worker(s)); skipped {skipped}; total {time.monotonic() - t0:.1f} s", flush=True)
-    if any(load_journal(out, s.name, plan.fingerprint) is None for s in plan.shards):
-        if progress:
-            print(f"array task {array_index}/{array_count} done; run `shard-tools merge {out}` once all tasks finish",
-                  flush=True)
-        return None
-    manifest = merge(out)
-    if progress:
-        print(f"wrote {out / MANIFEST}: " + ", ".join(f"{k} {v['samples']} samples / {v['num_shards']} shards"
-                                                      for k, v in manifest["splits"].items()), flush=True)
-    return manifest
+
+
+def _remove_temps(out: Path, todo: list[ShardPlan]) -> None:
+    """Delete the temporaries of this task's unfinished shards (their writers are gone: stopped or failed)."""
+    for shard in todo:
+        remove_stale_temps(out / shard.name)
 
 
 def _run(todo: list[ShardPlan], source: Source, out: Path, decode_check: bool, fingerprint: str, workers: int):

@@ -87,7 +87,10 @@ class ShardWriter:
         self.samples = 0
 
     def _write(self, b: bytes) -> None:
-        self._f.write(b)
+        try:
+            self._f.write(b)
+        except OSError as e:  # a full disk or a failing device: say which file (write() does not)
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
         self._sha.update(b)
         self.bytes += len(b)
 
@@ -104,9 +107,12 @@ class ShardWriter:
     def commit(self) -> tuple[int, str]:
         """Finish the archive, make it durable and give it its final name; returns (bytes, sha256)."""
         self._write(b"\0" * (2 * BLOCK))  # end-of-archive marker
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
+        try:
+            self._f.flush()  # ENOSPC and EIO often surface only here, or in fsync
+            os.fsync(self._f.fileno())
+            self._f.close()
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
         os.replace(self.tmp, self.path)
         dir_fd = os.open(self.path.parent, os.O_RDONLY)
         try:
@@ -120,5 +126,7 @@ class ShardWriter:
 
     def __exit__(self, exc_type, *exc) -> None:
         if not self._f.closed:
-            self._f.close()
-            self.tmp.unlink(missing_ok=True)
+            try:
+                self._f.close()  # may raise itself (flushing onto a full disk): remove the temporary anyway
+            finally:
+                self.tmp.unlink(missing_ok=True)
