@@ -127,6 +127,10 @@ class ShardWriter:
     def __exit__(self, exc_type, *exc) -> None:
         if not self._f.closed:
             try:
-                self._f.close()  # may raise itself (flushing onto a full disk): remove the temporary anyway
+                self._f.close()  # flushes: on a full disk this fails too
+            except OSError as e:
+                if exc_type is None:
+                    raise OSError(e.errno, e.strerror, str(self.path)) from None
+                # else the exception already on its way (the first failed write) names the file
             finally:
                 self.tmp.unlink(missing_ok=True)
