@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 import torch
 
+from personvit import cli_args
 from personvit.checkpoint import compare_checkpoints, load_checkpoint, resolve_checkpoint_path
 
 
@@ -47,14 +47,7 @@ def info(path: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="personvit ckpt", description=__doc__)
-    sub = parser.add_subparsers(dest="action", required=True)
-    p_info = sub.add_parser("info", help="summarise a checkpoint (file, checkpoint folder or run folder)")
-    p_info.add_argument("path")
-    p_cmp = sub.add_parser("compare", help="exit 0 only if every tensor and counter is bitwise equal")
-    p_cmp.add_argument("a")
-    p_cmp.add_argument("b")
-    args = parser.parse_args(argv)
+    args = cli_args.ckpt().parse_args(argv)
     if args.action == "info":
         return info(args.path)
     diff = compare_checkpoints(args.a, args.b)

@@ -1,7 +1,8 @@
 """The `personvit` command: one subcommand per job kind, each owned by its module's `main(argv)`.
 
-Subcommand modules are imported lazily so `personvit ckpt info` does not pay for importing the
-training stack, and a broken optional dependency of one command cannot break the others.
+Arguments are parsed first by the command's torch-free parser (personvit/cli_args.py), so `--help`
+and usage mistakes answer at once; the command's module (torch, the training stack) is imported only
+after that, and lazily, so a broken optional dependency of one command cannot break the others.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from personvit import __version__
+from personvit import __version__, cli_args
 
 # EX_TEMPFAIL: "try again later", which is what a preempted run asks for (fine-tuning uses it too).
 PREEMPTED_EXIT_CODE = 75
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if cmd not in COMMANDS:
         print(f"personvit: unknown command '{cmd}' (one of: {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
+    cli_args.parser_for(cmd).parse_args(rest)  # --help / usage errors exit here, before torch is imported
     module = importlib.import_module(COMMANDS[cmd][0])
     from personvit.checkpoint import CheckpointError
     from personvit.config.core import ConfigError

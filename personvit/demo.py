@@ -187,7 +187,8 @@ def evaluate_features(out: Path, market: Path, init: str, name: str) -> dict:
     from personvit.engine.evaluate import main as evaluate_main
 
     run_dir = out / "eval-no-finetune" / name
-    evaluate_main([str(FINETUNE_CFG), f"data.shards={market}", f"model.init={init}", f"run.dir={run_dir}"])
+    evaluate_main([str(FINETUNE_CFG), f"data.shards={market}", f"model.init={init}", f"run.dir={run_dir}",
+                   *([] if init else ["--random-init"])])
     return {**read_results(run_dir), **feature_diagnostics(run_dir / "features.npz")}
 
 

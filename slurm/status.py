@@ -132,6 +132,14 @@ def format_status(st: RunStatus) -> str:
     return "\n".join(lines)
 
 
+RUN_FOLDER_MARKS = ("submission.json", "config.yaml", "metrics.jsonl", "restarts.jsonl", "checkpoints")
+
+
+def is_run_folder(path: Path) -> bool:
+    """Whether `path` holds any trace of a run (its submission record, config, metrics or checkpoints)."""
+    return any((path / mark).exists() for mark in RUN_FOLDER_MARKS)
+
+
 def find_runs(root: Path = Path("runs")) -> list[Path]:
     """Run folders under `root` (those with a submission record)."""
     return sorted(p.parent for p in root.glob("**/submission.json"))
@@ -151,7 +159,13 @@ def main(run_dirs: list[str], as_json: bool = False, out=None) -> int:
             print(f"{d}: no such run folder", file=sys.stderr)
             status = 1
             continue
+        if not is_run_folder(d):
+            print(f"{d}: not a run folder (none of {', '.join(RUN_FOLDER_MARKS)})", file=sys.stderr)
+            status = 1
+            continue
         reports.append(run_status(d))
+    if not reports:
+        return status
     if as_json:
         print(json.dumps([asdict(r) for r in reports], indent=1), file=out)
     else:

@@ -31,7 +31,8 @@ from personvit.config.core import (
     parse_overrides,
     read_yaml,
 )
-from slurm.jobs import ENTRY_POINTS, TrainJob
+from shard_tools.manifest import read_manifest
+from shard_tools.sources.base import SourceError
 from slurm.launch import (
     Submission,
     SubmissionError,
@@ -75,6 +76,31 @@ def resolve_recipe(kind: str, config: str, overrides: Sequence[str], validate: b
     return config_to_dict(load_config(schema, config, overrides))
 
 
+def input_problems(kind: str, recipe: dict[str, Any]) -> list[str]:
+    """What the job would die on at its start, found on the login node instead of after the queue wait.
+
+    Args:
+        kind: `pretrain` or `finetune`.
+        recipe: the resolved recipe (`data.shards` must hold a readable manifest; for fine-tuning,
+            `model.init`, when set, must exist).
+    """
+    problems = []
+    shards = (recipe.get("data") or {}).get("shards")
+    if not shards:
+        problems.append("data.shards is not set")
+    else:
+        try:
+            read_manifest(Path(shards).expanduser())
+        except SourceError as e:
+            problems.append(f"data.shards: {e}")
+        except OSError as e:
+            problems.append(f"data.shards: cannot read {e.filename or shards}: {e.strerror}")
+    init = (recipe.get("model") or {}).get("init")
+    if kind == "finetune" and init and not Path(init).expanduser().exists():
+        problems.append(f"model.init: {init} does not exist")
+    return problems
+
+
 def run_folder(profile: ClusterProfile, kind: str, recipe: dict[str, Any]) -> Path:
     """`run.dir` when the recipe sets it, else `<runs_root>/<kind>-%j` (the job id names the run)."""
     run_dir = (recipe.get("run") or {}).get("dir")
@@ -107,6 +133,11 @@ def submit_training(kind: str, config: str, overrides: Sequence[str], cluster: s
     profile.check_request()
     config = str(Path(config).expanduser().absolute())
     recipe = resolve_recipe(kind, config, recipe_over, validate=entry is None)
+    problems = input_problems(kind, recipe) if entry is None else []  # a custom entry has its own inputs
+    if problems and not dry_run:
+        raise ConfigError("; ".join(problems))
+    for problem in problems:  # a dry run may be drafted before the data exists: say it, go on
+        print(f"personvit-submit {kind}: warning: {problem}", file=sys.stderr)
     folder = run_folder(profile, kind, recipe)
     job_name = f"personvit-{kind}"
     setup: list[str] = []
@@ -117,6 +148,8 @@ def submit_training(kind: str, config: str, overrides: Sequence[str], cluster: s
         return None
     if profile.snapshot_code:
         setup = snapshot_setup(snapshot_code(absolute_folder(profile.runs_root)))
+    from slurm.jobs import ENTRY_POINTS, TrainJob  # imports torch: not for --help or a dry run
+
     job = TrainJob(kind, config, recipe_over, run_dir=None if "%" in str(folder) else str(folder),
                    entry=entry or ENTRY_POINTS[kind], max_requeues=profile.max_requeues)
     meta = {"kind": kind, "config": config, "overrides": list(overrides), "cluster": cluster}

@@ -9,7 +9,6 @@ re-ranked. Writes to the run folder: `results.json` (mAP, rank1/5/10, mINP as fr
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Sequence
@@ -20,8 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from personvit import cli_args
 from personvit.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint_path
-from personvit.config.core import load_config
+from personvit.config.core import ConfigError, load_config
 from personvit.config.finetune import EvalOptions, EvaluateConfig, ReIDDataConfig, ReIDModelConfig
 from personvit.data.reid import ReIDSplit, ReIDTestDataset, read_reid_split
 from personvit.data.reid_transforms import EvalTransform
@@ -218,7 +218,7 @@ def build_eval_model(cfg: EvaluateConfig) -> tuple[ReIDModel, str]:
     if cfg.model.init:
         load_backbone(model.backbone, init_checkpoint(cfg.model.init), which="teacher", strict=cfg.model.init_strict)
         return model, cfg.model.init
-    log.warning("no weights and no model.init: evaluating a randomly initialised backbone")
+    log.warning("no weights and no model.init (--random-init): evaluating a randomly initialised backbone")
     return model, "random-init"
 
 
@@ -233,18 +233,14 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     return evaluate_model(model, cfg.data, cfg.eval, run_dir, device, amp_dtype, extra={"weights": source})
 
 
-def parse_args(argv: Sequence[str], prog: str, description: str) -> argparse.Namespace:
-    """`CONFIG [key=value ...]` for the finetune / evaluate commands."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("config", help="YAML recipe (e.g. configs/finetune/tiny_cpu.yaml)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.shards=/data/market train.epochs=60")
-    return parser.parse_args(list(argv))
-
-
 def main(argv: Sequence[str]) -> int:
     """Entry of `personvit evaluate`."""
-    args = parse_args(argv, "personvit evaluate", "mAP / CMC / mINP of a model on a query/gallery shard set")
+    args = cli_args.evaluate().parse_args(list(argv))
     cfg = load_config(EvaluateConfig, args.config, args.overrides)
+    if not (cfg.weights or cfg.model.init or args.random_init):
+        # A forgotten `weights=` would otherwise report a random network's mAP as if it were the model's.
+        raise ConfigError("nothing to evaluate: set weights=RUN_OR_CKPT (a fine-tuned model) or "
+                          "model.init=CKPT (a backbone), or pass --random-init for a random-backbone baseline")
     try:
         run(cfg)
     except (ShardError, EvaluationError) as e:

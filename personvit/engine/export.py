@@ -10,7 +10,6 @@ ONNX step is skipped with a message saying so.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import warnings
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from personvit import cli_args
 from personvit.config.core import load_config
 from personvit.config.finetune import EvaluateConfig
 from personvit.data.reid import ReIDSplit, ReIDTestDataset, read_reid_split
@@ -151,14 +151,7 @@ def run(cfg: EvaluateConfig, out: Path, splits: Sequence[str], fmt: Literal["npz
 
 def main(argv: Sequence[str]) -> int:
     """Entry of `personvit export`; exits 1 when the ONNX check fails."""
-    parser = argparse.ArgumentParser(prog="personvit export", description=__doc__.splitlines()[0])
-    parser.add_argument("config", help="an evaluate / fine-tune recipe (model, data.shards, weights)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. weights=runs/ft-market")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--splits", nargs="+", default=["query", "gallery"], help="splits to export")
-    parser.add_argument("--format", choices=["npz", "npy"], default="npz", dest="fmt")
-    parser.add_argument("--onnx", action="store_true", help="also export the feature extractor to ONNX and check it")
-    args = parser.parse_args(list(argv))
+    args = cli_args.export().parse_args(list(argv))
     cfg = load_config(EvaluateConfig, args.config, args.overrides)
     try:
         summary = run(cfg, args.out, args.splits, args.fmt, args.onnx)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from personvit import preemption
+from personvit import cli_args, preemption
 from personvit.checkpoint import CheckpointError, CheckpointManager
 from personvit.config.core import ConfigError, load_config
 from personvit.config.finetune import FinetuneConfig, FinetuneTrainConfig
@@ -36,7 +36,6 @@ from personvit.engine.evaluate import (
     evaluate_model,
     init_checkpoint,
     model_arch,
-    parse_args,
 )
 from personvit.engine.schedules import cosine_schedule
 from personvit.losses.triplet import batch_hard_triplet_loss
@@ -244,8 +243,13 @@ def _one_thread(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def run(cfg: FinetuneConfig) -> dict[str, Any]:
+def run(cfg: FinetuneConfig, allow_change: Sequence[str] = ()) -> dict[str, Any]:
     """Fine-tune (resuming when the run folder has a checkpoint), then evaluate on rank 0.
+
+    Args:
+        cfg: resolved fine-tuning config.
+        allow_change: `--allow-change` values, for the run folder's resume contract (which checks
+            them; this branch only passes them through).
 
     Returns:
         The `results.json` content on rank 0, an empty dict on other ranks.
@@ -268,10 +272,10 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
 
 def main(argv: Sequence[str]) -> int:
     """Entry of `personvit finetune`; exits 75 after a preemption save (rerun to resume)."""
-    args = parse_args(argv, "personvit finetune", "BoT fine-tuning of a ViT on a labeled ReID shard set")
+    args = cli_args.finetune().parse_args(list(argv))
     cfg = load_config(FinetuneConfig, args.config, args.overrides)
     try:
-        run(cfg)
+        run(cfg, args.allow_change or ())
     except preemption.Preempted as e:
         log.warning("%s; the checkpoint is saved, rerun the same command to resume", e)
         return EXIT_PREEMPTED

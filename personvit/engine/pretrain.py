@@ -14,11 +14,11 @@ command finds `latest` in `run.dir` and continues; the run ends bitwise equal to
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from personvit import preemption
+from personvit import cli_args, preemption
 from personvit.checkpoint import CheckpointError, CheckpointManager
 from personvit.config.core import load_config
 from personvit.config.pretrain import PretrainConfig
@@ -102,11 +102,13 @@ class _Training:
         return int(state["step"]), int(state["loader"]["epoch"]), int(state["loader"]["next_batch"])
 
 
-def run(cfg: PretrainConfig) -> dict[str, Any]:
+def run(cfg: PretrainConfig, allow_change: Sequence[str] = ()) -> dict[str, Any]:
     """Train (or resume) the run described by `cfg` to `train.epochs`.
 
     Args:
         cfg: resolved pretraining config.
+        allow_change: `--allow-change` values, for the run folder's resume contract (which checks
+            them; this branch only passes them through).
     Returns:
         `{"run_dir", "step", "epoch", "checkpoint", "loss"}` of the finished run.
     Raises:
@@ -353,16 +355,10 @@ def main(argv: list[str]) -> int:
     Args:
         argv: the config path and dotted overrides, e.g. `["configs/pretrain/tiny_cpu.yaml", "train.epochs=2"]`.
     """
-    parser = argparse.ArgumentParser(
-        prog="personvit pretrain",
-        description="DINO+MIM pretraining of a PersonViT backbone; rerun the same command to resume.",
-    )
-    parser.add_argument("config", help="YAML recipe, e.g. configs/pretrain/vit_small_luperson.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.shards=/data/lup")
-    args = parser.parse_args(argv)
+    args = cli_args.pretrain().parse_args(argv)
     cfg = load_config(PretrainConfig, args.config, args.overrides)
     try:
-        run(cfg)
+        run(cfg, args.allow_change or ())
     except (NonFiniteLossError, CorruptDataError, ShardError) as e:
         print(f"personvit pretrain: error: {e}", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from personvit import cli_args
 from personvit.checkpoint import CheckpointError
 from personvit.data.shards import ShardError
 from personvit.rng import Stream, numpy_rng
@@ -26,54 +27,6 @@ from personvit.viz.patch_clusters import write_patch_clusters
 from personvit.viz.ranks import load_features, ranked_lists, render_ranks
 
 __all__ = ["main"]
-
-
-def _model_args(p: argparse.ArgumentParser, split: str, num: int) -> None:
-    p.add_argument("--ckpt", required=True, help="checkpoint file, or a run folder (its latest checkpoint)")
-    p.add_argument("--shards", required=True, help="shard folder with manifest.json")
-    p.add_argument("--split", default=split, help=f"split to take images from (default {split})")
-    p.add_argument("--keys", nargs="+", default=None, help="sample keys to show (default: random ones)")
-    p.add_argument("--num", type=int, default=num, help=f"random images when no --keys (default {num})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random choices")
-    p.add_argument("--which", choices=["teacher", "student"], default="teacher",
-                   help="network of a pretraining checkpoint (default teacher)")
-    p.add_argument("--arch", default=None, help="ViT name (default: model.arch of the run's config.yaml)")
-    p.add_argument("--patch-size", type=int, default=None, help="override the architecture's patch size")
-    p.add_argument("--embed-dim", type=int, default=None)
-    p.add_argument("--depth", type=int, default=None)
-    p.add_argument("--num-heads", type=int, default=None)
-    p.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="model input size (default: data.img_size of the run's config.yaml)")
-    p.add_argument("--out", default="viz", help="output folder (default ./viz)")
-
-
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="personvit visualize", description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="kind", required=True, metavar="KIND")
-    p = sub.add_parser("attention", help="last-block CLS attention per head and their mean")
-    _model_args(p, "train", 4)
-    p = sub.add_parser("patch-clusters", help="k-means over patch tokens of many images, red dots per cluster")
-    _model_args(p, "train", 32)
-    p.add_argument("--k", type=int, default=6, help="number of clusters (default 6)")
-    p.add_argument("--show", type=int, default=6, help="images drawn per cluster (default 6)")
-    p.add_argument("--features", choices=["backbone", "head"], default="backbone",
-                   help="cluster the backbone's patch tokens or the projection head's output (pretraining checkpoints)")
-    p = sub.add_parser("correspondence", help="mutual nearest-neighbour patch pairs of two images of one person")
-    _model_args(p, "train", 1)
-    p.add_argument("--top", type=int, default=12, help="pairs drawn (default 12)")
-    p = sub.add_parser("ranks", help="top-k gallery images of queries from an evaluation run's features.npz")
-    p.add_argument("--features", required=True, help="features.npz, or the evaluation run folder holding it")
-    p.add_argument("--shards", required=True, help="shard folder with the query and gallery splits")
-    p.add_argument("--query-split", default="query")
-    p.add_argument("--gallery-split", default="gallery")
-    p.add_argument("--queries", nargs="+", default=None, help="query keys (default: --num random queries)")
-    p.add_argument("--num", type=int, default=4)
-    p.add_argument("--topk", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--keep-same-camera", action="store_true",
-                   help="do not drop same-pid same-camera gallery items (the protocol drops them)")
-    p.add_argument("--out", default="viz")
-    return ap
 
 
 def _load(args: argparse.Namespace) -> LoadedModel:
@@ -148,7 +101,7 @@ def _run_ranks(args: argparse.Namespace, out: Path) -> list[Path]:
 
 def main(argv: list[str]) -> int:
     """Entry point of `personvit visualize`; returns the exit code."""
-    args = _parser().parse_args(argv)
+    args = cli_args.visualize().parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_grad_enabled(False)

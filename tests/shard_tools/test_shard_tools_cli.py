@@ -42,3 +42,12 @@ def test_user_mistakes_are_one_line_errors(tmp_path, argv, message):
     r = run(*[a.format(tmp=tmp_path) for a in argv])
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and message.format(tmp=tmp_path) in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("argv", [["--help"], *[[cmd, "--help"] for cmd in ("pack", "merge", "verify", "info", "synth")]])
+def test_help_does_not_import_torch(argv):
+    from tests.support.help_imports import help_run
+
+    out = help_run("shard_tools.cli", argv)
+    assert out["code"] == 0 and not out["torch"], out
+    assert "usage: shard-tools" in out["stdout"]

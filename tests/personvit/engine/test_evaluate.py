@@ -99,7 +99,7 @@ def test_no_valid_query_is_a_one_line_error(tmp_path: Path) -> None:
         "gallery": [sample(f"g{i}", pid=i % 3 + 1, camid=0, seed=10 + i) for i in range(6)],
     })
     with pytest.raises(SystemExit) as exc:
-        evaluate.main([str(TINY_CONFIG), f"data.shards={shards}", f"run.dir={tmp_path / 'ev'}", *SMALL])
+        evaluate.main([str(TINY_CONFIG), f"data.shards={shards}", f"run.dir={tmp_path / 'ev'}", *SMALL, "--random-init"])
     message = str(exc.value.code)
     assert "\n" not in message
     assert message.startswith("personvit evaluate: error: query vs gallery: no query has a true match"), message
@@ -111,4 +111,23 @@ def test_unknown_key_and_missing_shards_name_the_culprit(tmp_path: Path) -> None
     with pytest.raises(ConfigError, match="eval.flp"):
         load_config(EvaluateConfig, TINY_CONFIG, ["eval.flp=true"])
     with pytest.raises(SystemExit, match="no manifest.json"):
-        evaluate.main([str(TINY_CONFIG), f"data.shards={tmp_path / 'nothing'}", f"run.dir={tmp_path / 'ev'}", *SMALL])
+        evaluate.main([str(TINY_CONFIG), f"data.shards={tmp_path / 'nothing'}", f"run.dir={tmp_path / 'ev'}", *SMALL,
+                       "--random-init"])
+
+
+def test_no_weights_is_refused_unless_random_init_is_asked_for(tmp_path: Path, capsys) -> None:
+    from personvit.cli import main as personvit_main
+
+    shards = write_shard_set(tmp_path / "set", {
+        "query": [sample(f"q{i}", pid=i + 1, camid=0, seed=i) for i in range(3)],
+        "gallery": [sample(f"g{i}", pid=i % 3 + 1, camid=1, seed=10 + i) for i in range(6)],
+    })
+    argv = ["evaluate", str(TINY_CONFIG), f"data.shards={shards}", f"run.dir={tmp_path / 'ev'}", *SMALL]
+    assert personvit_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("personvit evaluate: error: nothing to evaluate: set weights="), err
+    assert "--random-init" in err[0]
+    assert not (tmp_path / "ev").exists(), "a refused evaluation must not create its run folder"
+    assert personvit_main([*argv, "--random-init"]) == 0
+    results = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert results["weights"] == "random-init" and 0.0 <= results["mAP"] <= 1.0
