@@ -104,9 +104,9 @@ def main(argv: list[str]) -> int:
     args = cli_args.visualize().parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_grad_enabled(False)
     try:
-        paths = _run_ranks(args, out) if args.kind == "ranks" else _run_model_kind(args, out)
+        with torch.no_grad():  # not set_grad_enabled(False): that would leak into a caller's process
+            paths = _run_ranks(args, out) if args.kind == "ranks" else _run_model_kind(args, out)
     except (ShardError, CheckpointError, ValueError, FileNotFoundError) as e:
         # User mistakes (bad key, missing file, wrong architecture): one line, no traceback.
         print(f"personvit visualize {args.kind}: error: {e}", file=sys.stderr)
