@@ -31,8 +31,6 @@ from personvit.config.core import (
     parse_overrides,
     read_yaml,
 )
-from shard_tools.manifest import read_manifest
-from shard_tools.sources.base import SourceError
 from slurm.launch import (
     Submission,
     SubmissionError,
@@ -84,6 +82,9 @@ def input_problems(kind: str, recipe: dict[str, Any]) -> list[str]:
         recipe: the resolved recipe (`data.shards` must hold a readable manifest; for fine-tuning,
             `model.init`, when set, must exist).
     """
+    from shard_tools.manifest import read_manifest  # numpy and the dataset sources: not for --help
+    from shard_tools.sources.base import SourceError
+
     problems = []
     shards = (recipe.get("data") or {}).get("shards")
     if not shards:
