@@ -29,7 +29,6 @@ from personvit.data.samplers import KeyBatchSampler, PKSampler
 from personvit.data.shards import ShardError
 from personvit.distributed import DistInfo, all_reduce_sum_, barrier, init_distributed, is_dist
 from personvit.engine.errors import NonFiniteLossError
-from personvit.engine.grad_sync import FlatGradReducer
 from personvit.engine.evaluate import (
     EvaluationError,
     amp_settings,
@@ -38,6 +37,7 @@ from personvit.engine.evaluate import (
     model_arch,
     parse_args,
 )
+from personvit.engine.grad_sync import FlatGradReducer
 from personvit.engine.schedules import cosine_schedule
 from personvit.losses.triplet import batch_hard_triplet_loss
 from personvit.models.loading import load_backbone
