@@ -4,7 +4,7 @@ Each candidate trains the tiny pretraining student (the test recipe's shapes, or
 for `--steps` AdamW steps on inputs drawn from (step, rank), twice: uninterrupted, and "resumed":
 at step `--restart` the model, optimiser and gradient reducer are rebuilt from a saved state, as a
 restarted process would. `exact` says whether both end bitwise equal. Step time is the median over
-the steps after the first two, interleaved by candidate; ratios are against plain DDP.
+the steps after the first two, the candidates' steps interleaved; ratios are against plain DDP.
 
     python benchmarks/grad_reduce.py [--size test|tiny_cpu] [--steps 12] [--restart 5] [--batch 8]
 """
@@ -96,21 +96,22 @@ def _worker(rank: int, args: argparse.Namespace, port: int, out: Path) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     names = args.candidates.split(",")
     times = {n: [] for n in names}
+    straight = {n: _Run(n, args.size, None) for n in names}
+    for s in range(args.steps):  # interleaved: load changes on a shared machine hit every candidate alike
+        for n in names:
+            times[n].append(straight[n].step(s, rank, args.batch))
     exact = {}
     for n in names:
-        straight = _Run(n, args.size, None)
-        for s in range(args.steps):
-            times[n].append(straight.step(s, rank, args.batch))
         resumed = _Run(n, args.size, None)
         for s in range(args.restart):
             resumed.step(s, rank, args.batch)
         resumed = _Run(n, args.size, resumed.state())  # a restarted process: fresh reducer, same state
         for s in range(args.restart, args.steps):
             resumed.step(s, rank, args.batch)
-        a, b = straight.student.state_dict(), resumed.student.state_dict()
+        a, b = straight[n].student.state_dict(), resumed.student.state_dict()
         exact[n] = all(torch.equal(a[k], b[k]) for k in a)
     if rank == 0:
-        params = sum(p.numel() for p in straight.student.parameters())
+        params = sum(p.numel() for p in straight[names[0]].student.parameters())
         out.write_text(json.dumps({"times": times, "exact": exact, "params": params}))
     dist.destroy_process_group()
 
