@@ -6,14 +6,15 @@ DDP reduces the first step after every start in its initial bucket layout (torch
 of all parameters, reverse definition order) and rebuilds the buckets after it (gradient-ready
 order, 1 MiB first bucket, 25 MiB after). A run resumed at step k reduces step k in the initial
 layout where the uninterrupted run used the rebuilt one: at world size 4 on gloo the sums differ in
-the last bit (world sizes 1 and 2 happen to be immune: a sum of two values does not depend on the order).
+the last bit (world sizes 1 and 2 are immune: a sum of two values does not depend on the order).
 
-`benchmarks/grad_reduce.py` measured the candidates (README "Exactness", benchmarks/RESULTS.md):
+`benchmarks/grad_reduce.py` measured the candidates (benchmarks/RESULTS.md, issue J):
 DDP with `static_graph=True` or one huge bucket still rebuilds (reorders) and is not exact; DDP
 with `find_unused_parameters=True` never rebuilds and is exact; one flat all-reduce after
-backward is exact and was the fastest on CPU, so the engines use `FlatGradReducer`. It gives up
-DDP's overlap of communication with backward; on GPUs `find_unused_parameters=True` (exact, overlapped,
-one extra graph traversal per step) is the alternative to measure.
+backward is exact and was the fastest (or within noise of it) on CPU, so the engines use
+`FlatGradReducer`. It gives up DDP's overlap of communication with backward; on GPUs
+`find_unused_parameters=True` (exact, overlapped, one extra graph traversal per step) is the
+alternative to measure.
 """
 
 from __future__ import annotations
