@@ -1,9 +1,9 @@
 """Distributed setup in one place: torchrun or Slurm/submitit variables -> one process group.
 
 Order of precedence: torchrun's `RANK`/`WORLD_SIZE` (also what submitit's helpers export), then
-Slurm's `SLURM_PROCID`/`SLURM_NTASKS`/`SLURM_LOCALID` with the first host of the job's node list as
-rendezvous and a port derived from the job id (so two jobs sharing a node do not collide). NCCL on
-GPUs, gloo on CPU. World size 1 creates no process group at all: single-process code paths stay free
+Slurm's `SLURM_PROCID`/`SLURM_NTASKS`/`SLURM_LOCALID` with the first host of the job's node list
+(expanded by `scontrol show hostnames`) as rendezvous and a port derived from the job id (so two
+jobs sharing a node do not collide). NCCL on GPUs, gloo on CPU. World size 1 creates no process group at all: single-process code paths stay free
 of collectives.
 """
 
@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
+import shutil
+import subprocess
 from dataclasses import dataclass
 
 import torch
@@ -37,21 +39,68 @@ class DistInfo:
         return self.rank == 0
 
 
+def scontrol_hostnames(nodelist: str, timeout_s: float = 10.0) -> list[str] | None:
+    """Hosts of a node list as Slurm itself expands it (`scontrol show hostnames`).
+
+    Args:
+        nodelist: e.g. `gpu[003-006,010],cpu1`.
+        timeout_s: give up after this long (scontrol reads the Slurm config, which may hang on DNS).
+    Returns:
+        The host names, or None when scontrol is missing, fails or rejects the list (Slurm 22.05
+        rejects suffixes after a bracket, e.g. `a-[01-02]b`).
+    """
+    exe = shutil.which("scontrol")
+    if exe is None:
+        return None
+    try:
+        done = subprocess.run([exe, "show", "hostnames", nodelist], capture_output=True, text=True,
+                              timeout=timeout_s, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    hosts = done.stdout.split()
+    return hosts if done.returncode == 0 and hosts else None
+
+
+def submitit_hostnames(nodelist: str) -> list[str] | None:
+    """Hosts of a node list by submitit's parser (private API of submitit 1.5.x), None if unavailable."""
+    try:
+        from submitit.slurm.slurm import _parse_node_list
+    except ImportError:
+        return None
+    try:
+        return _parse_node_list(nodelist) or None
+    except Exception:  # submitit raises its own SlurmParseException; any failure means "ask the next parser"
+        return None
+
+
+def first_host_by_hand(nodelist: str) -> str:
+    """First host of a node list by our own minimal parser: the last fallback of `first_host`.
+
+    Args:
+        nodelist: e.g. `gpu[003-006,010],cpu1` -> `gpu003`, `a-[01-02]b` -> `a-01b`.
+    """
+    m = re.match(r"^([^,\[]+)(?:\[([^\]]+)\]([^,\[]*))?", nodelist.strip())
+    if not m:
+        raise ValueError(f"cannot parse Slurm node list {nodelist!r}")
+    prefix, ranges, suffix = m.group(1), m.group(2), m.group(3) or ""
+    if not ranges:
+        return prefix
+    return prefix + ranges.split(",")[0].split("-")[0] + suffix
+
+
 def first_host(nodelist: str) -> str:
-    """First host of a Slurm node list, e.g. `gpu[003-006,010],cpu1` -> `gpu003`.
+    """First host of a Slurm node list (the rendezvous host), e.g. `gpu[003-006,010],cpu1` -> `gpu003`.
+
+    Slurm's own expansion first (`scontrol show hostnames`, present wherever a job runs), then
+    submitit's parser, then ours: node-list syntax has corners (suffixes, nested ranges, padding)
+    that only Slurm is the authority on.
 
     Args:
         nodelist: the value of `SLURM_JOB_NODELIST` / `SLURM_STEP_NODELIST`.
     """
     nodelist = nodelist.strip()
-    m = re.match(r"^([^,\[]+)(\[([^\]]+)\])?", nodelist)
-    if not m:
-        raise ValueError(f"cannot parse Slurm node list {nodelist!r}")
-    prefix, ranges = m.group(1), m.group(3)
-    if not ranges:
-        return prefix
-    first = ranges.split(",")[0].split("-")[0]
-    return prefix + first
+    hosts = scontrol_hostnames(nodelist) or submitit_hostnames(nodelist)
+    return hosts[0] if hosts else first_host_by_hand(nodelist)
 
 
 def port_from_job_id(job_id: str | int, base: int = 20000, span: int = 20000) -> int:

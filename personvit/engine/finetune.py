@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 
 from personvit import cli_args, preemption
 from personvit.checkpoint import CheckpointError, CheckpointManager
@@ -37,6 +36,7 @@ from personvit.engine.evaluate import (
     init_checkpoint,
     model_arch,
 )
+from personvit.engine.grad_sync import FlatGradReducer
 from personvit.engine.schedules import cosine_schedule
 from personvit.losses.triplet import batch_hard_triplet_loss
 from personvit.models.loading import load_backbone
@@ -123,10 +123,10 @@ class Finetuner:
         self.optimizer = build_optimizer(self.model, t, self.lr)
         self.amp_dtype, use_scaler = amp_settings(self.device, t.amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
-        self.ddp = None
-        if dist_info.world_size > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+        # Not DDP: exact resume at world size > 2 needs a fixed reduction layout (engine/grad_sync.py).
+        # Without DDP's buffer broadcast the BNNeck running stats of ranks > 0 drift apart; only rank
+        # 0's are saved and evaluated, and those evolve as under DDP (its broadcast comes from rank 0).
+        self.grad_reducer = FlatGradReducer(self.model.parameters()) if dist_info.world_size > 1 else None
         self.ckpt = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last,
                                       cfg.checkpoint.keep_every_epochs, is_main=dist_info.is_main)
         self.step, self.epoch, self.batch = 0, 0, 0
@@ -171,12 +171,11 @@ class Finetuner:
     # ------------------------------------------------------------------ training
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         t = self.cfg.train
-        net = self.ddp or self.model
         seed_step(self.cfg.run.seed, self.step, self.dist.rank)  # drop path draws
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            feat, logits = net(images)
+            feat, logits = self.model(images)
         id_loss = F.cross_entropy(logits.float(), labels, label_smoothing=t.label_smoothing)
         tri_loss = batch_hard_triplet_loss(feat, labels)
         loss = t.id_loss_weight * id_loss + t.triplet_loss_weight * tri_loss
@@ -193,6 +192,8 @@ class Finetuner:
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if self.grad_reducer is not None:
+            self.grad_reducer.all_reduce_mean_()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         acc = (logits.argmax(1) == labels).float().mean()

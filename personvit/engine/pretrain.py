@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from personvit import cli_args, preemption
 from personvit.checkpoint import CheckpointError, CheckpointManager
@@ -35,6 +34,7 @@ from personvit.data.pretrain_loader import CorruptDataError, PretrainLoader
 from personvit.data.shards import ShardError
 from personvit.distributed import DistInfo, all_reduce_sum_, barrier, init_distributed, is_dist, shutdown
 from personvit.engine.errors import NonFiniteLossError
+from personvit.engine.grad_sync import FlatGradReducer
 from personvit.engine.optim import apply_schedule, build_adamw, cancel_last_layer_grads, clip_grad_per_tensor_
 from personvit.engine.schedules import pretrain_schedules
 from personvit.engine.ssl_model import build_student_teacher, ema_update_, init_backbone
@@ -68,7 +68,7 @@ class _Training:
 
     student: nn.Module
     teacher: nn.Module
-    model: nn.Module  # the student, DDP-wrapped when world size > 1
+    grad_reducer: FlatGradReducer | None  # averages the student's gradients over ranks (world size > 1)
     loss_fn: DINOMIMLoss
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -149,16 +149,16 @@ def _build(cfg: PretrainConfig, dist_info: DistInfo) -> _Training:
         lc.lambda2,
     )
     student.to(device), teacher.to(device), loss_fn.to(device)
-    model = student
-    if world > 1:
-        model = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+    # Not DDP: its bucket layout differs between the first step after a start and later ones, which
+    # breaks exact resume at world size > 2 (personvit/engine/grad_sync.py says why and what was measured).
+    grad_reducer = FlatGradReducer(student.parameters()) if world > 1 else None
     scaler = torch.amp.GradScaler(
         device.type, enabled=autocast_dtype(cfg.train.precision, device) is torch.float16
     )
     return _Training(
         student,
         teacher,
-        model,
+        grad_reducer,
         loss_fn,
         build_adamw(student, tuple(cfg.optim.betas)),
         scaler,
@@ -189,7 +189,7 @@ def _step(
             t_out = t.teacher(views[:2], patch_views=2)
             # Before the loss: it updates the centre after computing the targets.
             entropies = teacher_entropies(t_out.cls, t.loss_fn.center, t.loss_fn.temperatures(epoch)[0])
-        s_out = t.model(views, masks=masks, patch_views=2)
+        s_out = t.student(views, masks=masks, patch_views=2)
         out = t.loss_fn(s_out.cls, s_out.patch, t_out.cls, t_out.patch, masks, epoch)
     # One collective for logging, the diagnostics and agreeing on every rank that the loss is finite.
     terms = (
@@ -201,6 +201,8 @@ def _step(
         on_non_finite(dino=dino, mim=mim, total=total)
     t.optimizer.zero_grad(set_to_none=True)
     t.scaler.scale(out.total).backward()
+    if t.grad_reducer is not None:
+        t.grad_reducer.all_reduce_mean_()
     if cfg.optim.clip_grad > 0:
         t.scaler.unscale_(t.optimizer)
         clip_grad_per_tensor_(t.student.parameters(), cfg.optim.clip_grad)

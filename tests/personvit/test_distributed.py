@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -10,15 +11,72 @@ import textwrap
 
 import pytest
 
-from personvit.distributed import env_layout, first_host, init_distributed, port_from_job_id
-
-
-@pytest.mark.parametrize(
-    "nodelist, host",
-    [("gpu[003-006,010],cpu1", "gpu003"), ("node7", "node7"), ("a-b[1,3]", "a-b1"), ("localhost", "localhost")],
+from personvit.distributed import (
+    env_layout,
+    first_host,
+    first_host_by_hand,
+    init_distributed,
+    port_from_job_id,
+    scontrol_hostnames,
+    submitit_hostnames,
 )
-def test_first_host(nodelist, host):
-    assert first_host(nodelist) == host
+
+# (node list, its hosts as Slurm expands them); the first host is the rendezvous.
+NODE_LISTS = [
+    ("gpu[003-006,010],cpu1", ["gpu003", "gpu004", "gpu005", "gpu006", "gpu010", "cpu1"]),
+    ("a-[01-02]b", ["a-01b", "a-02b"]),
+    ("node7", ["node7"]),
+    ("localhost", ["localhost"]),
+]
+
+
+@pytest.fixture
+def slurm_conf(tmp_path, monkeypatch):
+    """A minimal slurm.conf, enough for scontrol to expand host lists (no daemon is contacted)."""
+    if shutil.which("scontrol") is None:
+        pytest.skip("scontrol not installed")
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("ClusterName=t\nSlurmctldHost=localhost\nNodeName=localhost CPUs=1\n"
+                    "PartitionName=p Nodes=localhost Default=YES\n")
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+
+
+@pytest.fixture
+def without_scontrol(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("nodelist, hosts", NODE_LISTS)
+def test_scontrol_path(slurm_conf, nodelist, hosts):
+    got = scontrol_hostnames(nodelist)
+    if nodelist == "a-[01-02]b" and got is None:
+        pass  # Slurm 22.05 rejects a suffix after the bracket ("Invalid hostlist"): the fallback answers
+    else:
+        assert got == hosts
+    assert first_host(nodelist) == hosts[0]
+
+
+def test_scontrol_answers_first(slurm_conf, monkeypatch):
+    # A two-dimensional list our hand parser gets wrong: with submitit hidden, only scontrol can be right.
+    monkeypatch.setitem(sys.modules, "submitit.slurm.slurm", None)
+    assert submitit_hostnames("a[1-2]b[3-4]") is None
+    assert first_host_by_hand("a[1-2]b[3-4]") != "a1b3"
+    assert first_host("a[1-2]b[3-4]") == "a1b3"
+
+
+@pytest.mark.parametrize("nodelist, hosts", NODE_LISTS)
+def test_fallbacks_without_scontrol(without_scontrol, monkeypatch, nodelist, hosts):
+    assert scontrol_hostnames(nodelist) is None
+    assert submitit_hostnames(nodelist) == hosts
+    assert first_host(nodelist) == hosts[0]
+    monkeypatch.setitem(sys.modules, "submitit.slurm.slurm", None)  # submitit missing: our own parser
+    assert submitit_hostnames(nodelist) is None
+    assert first_host_by_hand(nodelist) == first_host(nodelist) == hosts[0]
+
+
+def test_unparseable_node_list_names_it(without_scontrol):
+    with pytest.raises(ValueError, match=r"\[gpu"):
+        first_host("[gpu")
 
 
 def test_port_is_stable_and_job_specific():

@@ -1,7 +1,7 @@
 """Exact resume of `personvit pretrain` (DESIGN.md non-negotiable).
 
 The tiny recipe runs uninterrupted (0 loader workers), then again SIGKILLed at random steps and
-rerun with the same command, for world size 1 and 2 (gloo, torchrun) and 0 / 2 loader workers;
+rerun with the same command, for world size 1, 2 and 4 (gloo, torchrun) and 0 / 2 loader workers;
 `personvit ckpt compare` of the final checkpoints must report them bitwise identical. The
 reference always uses 0 workers, so each comparison also checks that the stream does not depend on
 the worker count. Kill points are drawn from a seed printed on failure (set PERSONVIT_KILL_SEED to
@@ -28,8 +28,13 @@ from tests.support.kill_resume import (  # noqa: E402
 )
 from tests.support.pretrain import pretrain_cmd, subprocess_env, synthetic_lup_shards  # noqa: E402
 
-IMAGES, BATCH, EPOCHS, EVERY = 128, 16, 3, 5
+IMAGES, EPOCHS, EVERY = 128, 3, 5
+BATCH = {1: 16, 2: 16, 4: 8}  # per rank, by world size: world size 4 gets 4 steps per epoch too
 RUN = [f"train.epochs={EPOCHS}", "run.log_every_steps=1", f"checkpoint.every_steps={EVERY}"]
+
+
+def _run_args(world: int, workers: int) -> list[str]:
+    return [*RUN, f"data.batch_size_per_rank={BATCH[world]}", f"data.num_workers={workers}"]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +52,7 @@ def references(shards, tmp_path_factory) -> dict[int, Path]:
         if world not in cache:
             run_dir = root / f"ws{world}"
             attempt = run_once(
-                pretrain_cmd(shards, run_dir, *RUN, "data.num_workers=0", nproc=world),
+                pretrain_cmd(shards, run_dir, *_run_args(world, 0), nproc=world),
                 env=subprocess_env(),
                 cwd=root,
                 timeout=240,
@@ -84,19 +89,21 @@ def _ckpt_compare(a: Path, b: Path) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("world", "workers", "kills"),
-    [(1, 0, 2), (1, 2, 1), (2, 0, 2), (2, 2, 1)],
-    ids=["ws1-w0", "ws1-w2", "ws2-w0", "ws2-w2"],
+    # World size 4: a floating-point sum of 4 values depends on its order, so this is where a
+    # gradient reduction whose layout changes between a run's first and later steps shows (1 and 2 are immune).
+    [(1, 0, 2), (1, 2, 1), (2, 0, 2), (2, 2, 1), (4, 0, 1)],
+    ids=["ws1-w0", "ws1-w2", "ws2-w0", "ws2-w2", "ws4-w0"],
 )
 def test_sigkill_and_rerun_ends_bitwise_equal(shards, references, tmp_path, world, workers, kills):
-    total = EPOCHS * IMAGES // (BATCH * world)
+    total = EPOCHS * IMAGES // (BATCH[world] * world)
     seed = int(os.environ.get("PERSONVIT_KILL_SEED", random.randrange(2**31)))
     rng = random.Random(seed)
     # Kill points after the first checkpoint (so the rerun really resumes), at least 3 steps apart
     # (a killed run may log a step past its trigger), and with a checkpoint left before the end.
-    first_ckpt = min(EVERY, IMAGES // (BATCH * world))
+    first_ckpt = min(EVERY, IMAGES // (BATCH[world] * world))
     steps = sorted(rng.sample(range(first_ckpt + 1, total - 3, 3), kills))
     run_dir = tmp_path / "killed"
-    cmd = pretrain_cmd(shards, run_dir, *RUN, f"data.num_workers={workers}", nproc=world)
+    cmd = pretrain_cmd(shards, run_dir, *_run_args(world, workers), nproc=world)
     # The first kill lands mid-step; a second one right after a checkpoint commits (while `latest`
     # moves and old checkpoints are pruned).
     triggers = [metrics_step_reached(run_dir / "metrics.jsonl", steps[0])]
