@@ -11,6 +11,7 @@ for any `num_workers`, and resuming at `start_batch` neither reads nor decodes s
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Iterator
 
 import numpy as np
@@ -185,3 +186,6 @@ class PretrainLoader:
 def _worker_init(worker_id: int) -> None:
     # Workers do PIL/numpy work; torch intra-op threads there would only fight the trainer for cores.
     torch.set_num_threads(1)
+    # Ctrl-C reaches the whole foreground process group: the trainer reports it in one line and
+    # shuts its workers down; a worker's own KeyboardInterrupt traceback would only be noise.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

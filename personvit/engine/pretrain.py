@@ -19,6 +19,7 @@ import contextlib
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,8 @@ from personvit.engine.schedules import pretrain_schedules
 from personvit.engine.ssl_model import build_student_teacher, ema_update_, init_backbone
 from personvit.losses import DINOMIMLoss, teacher_entropies
 from personvit.rng import seed_step
-from personvit.runlog import MetricsLogger, ProgressReporter, get_logger, resolve_run_dir, start_run
+from personvit.run_folder import add_allow_change_option, open_run_folder, reporting_interrupts
+from personvit.runlog import MetricsLogger, ProgressReporter, get_logger
 
 __all__ = ["NonFiniteLossError", "main", "run"]
 
@@ -102,21 +104,27 @@ class _Training:
         return int(state["step"]), int(state["loader"]["epoch"]), int(state["loader"]["next_batch"])
 
 
-def run(cfg: PretrainConfig) -> dict[str, Any]:
+def run(cfg: PretrainConfig, allow_change: Sequence[str] = ()) -> dict[str, Any]:
     """Train (or resume) the run described by `cfg` to `train.epochs`.
 
     Args:
         cfg: resolved pretraining config.
+        allow_change: keys a resume may change besides the default ones (personvit/fingerprint.py).
     Returns:
         `{"run_dir", "step", "epoch", "checkpoint", "loss"}` of the finished run.
     Raises:
         Preempted: a stop was requested (signal); a checkpoint of this step was saved first.
         NonFiniteLossError: the loss became NaN/inf (no update, no checkpoint of that step).
+        RunLockedError, ResumeContractError: the run folder is in use, or was started with another
+            config (nothing written).
+        WriteFailedError, Interrupted: a full disk, Ctrl-C (the message names the last checkpoint).
     """
     own_group = not is_dist()
     dist_info = init_distributed(cfg.dist.backend, cfg.dist.timeout_s)
     try:
-        return _train(cfg, dist_info)
+        d = dist_info
+        with open_run_folder(cfg, "pretrain", d.rank, d.world_size, d.device, allow_change) as folder:
+            return _train(cfg, dist_info, folder.path)
     finally:
         if own_group:
             shutdown()
@@ -209,10 +217,9 @@ def _step(
     return total, dino, mim, ent, ent_mean
 
 
-def _train(cfg: PretrainConfig, dist_info: DistInfo) -> dict[str, Any]:
+def _train(cfg: PretrainConfig, dist_info: DistInfo, run_dir: Path) -> dict[str, Any]:
     rank, world, device, is_main = dist_info.rank, dist_info.world_size, dist_info.device, dist_info.is_main
     preemption.install_handlers()
-    run_dir = Path(start_run(cfg, resolve_run_dir(cfg.run.dir, "pretrain"), "pretrain", is_main))
     t = _build(cfg, dist_info)
     niter = t.loader.batches_per_epoch
     total_steps = cfg.train.epochs * niter
@@ -253,13 +260,13 @@ def _train(cfg: PretrainConfig, dist_info: DistInfo) -> dict[str, Any]:
         bad = ", ".join(f"{k}={v}" for k, v in terms.items() if not math.isfinite(v))
         raise NonFiniteLossError(
             f"non-finite loss at step {step} (epoch {epoch}, batch {batch.index}): {bad}; "
-            f"stopped before the update, last good checkpoint: {ckpt.latest()}"
+            f"stopped before the update; last checkpoint with finite weights: {ckpt.latest_finite()}"
         )
 
     last_loss = float("nan")
     window = _Window()
     t.student.train()
-    with ProgressReporter(
+    with reporting_interrupts(lambda: step, ckpt.latest), ProgressReporter(
         total_steps, "pretrain", enabled=is_main, every_s=cfg.run.progress_every_s, initial=step
     ) as progress:
         while epoch < cfg.train.epochs:
@@ -359,10 +366,11 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("config", help="YAML recipe, e.g. configs/pretrain/vit_small_luperson.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.shards=/data/lup")
-    args = parser.parse_args(argv)
+    add_allow_change_option(parser)
+    args = parser.parse_intermixed_args(list(argv))  # options may follow the overrides
     cfg = load_config(PretrainConfig, args.config, args.overrides)
     try:
-        run(cfg)
+        run(cfg, args.allow_change)
     except (NonFiniteLossError, CorruptDataError, ShardError) as e:
         print(f"personvit pretrain: error: {e}", file=sys.stderr)
         return 1
