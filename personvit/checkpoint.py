@@ -69,11 +69,11 @@ def _atomic_write_bytes(path: Path, writer) -> int:
                 raw.flush()
                 os.fsync(raw.fileno())
                 size = raw.tell()
-            except Exception as e:
+            except BaseException as e:
                 with contextlib.suppress(OSError):  # closing flushes again: a second ENOSPC
                     raw.close()
-                if f.error is not None and not isinstance(e, OSError):
-                    raise f.error from None  # torch.save's zip writer hides the OSError behind its own
+                if f.error is not None and f.error is not e:
+                    raise f.error from None  # torch.save's zip writer hides the cause behind its own
                 raise
             raw.close()
             os.replace(tmp, path)

@@ -49,7 +49,10 @@ def reporting_write_errors(path: str | Path) -> Iterator[None]:
 
 
 class ErrorRecordingFile:
-    """A binary file wrapper that remembers the first OSError of `write` before re-raising it.
+    """A binary file wrapper that remembers the first exception of `write` before re-raising it.
+
+    torch.save's C++ writer turns whatever `write` raised (an OSError, a KeyboardInterrupt that
+    landed there) into its own RuntimeError; the caller re-raises the recorded one instead.
 
     Args:
         f: the open file.
@@ -57,12 +60,12 @@ class ErrorRecordingFile:
 
     def __init__(self, f: BinaryIO):
         self._f = f
-        self.error: OSError | None = None
+        self.error: BaseException | None = None
 
     def write(self, data: Any) -> int:
         try:
             return self._f.write(data)
-        except OSError as e:
+        except BaseException as e:
             self.error = self.error or e
             raise
 

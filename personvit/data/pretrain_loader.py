@@ -11,7 +11,6 @@ for any `num_workers`, and resuming at `start_batch` neither reads nor decodes s
 from __future__ import annotations
 
 import logging
-import signal
 from collections.abc import Iterator
 
 import numpy as np
@@ -24,6 +23,7 @@ from personvit.data.collate import PretrainBatch, SampleViews, collate
 from personvit.data.multicrop import CropSpec, decode, multicrop
 from personvit.data.photometric import draw_photometric
 from personvit.data.shards import EpochOrder, ShardReader, rank_positions, read_manifest
+from personvit.data.worker_quiet import quiet_worker_interrupts
 from personvit.masking import view_masks
 from personvit.rng import Stream, numpy_rng
 
@@ -186,6 +186,4 @@ class PretrainLoader:
 def _worker_init(worker_id: int) -> None:
     # Workers do PIL/numpy work; torch intra-op threads there would only fight the trainer for cores.
     torch.set_num_threads(1)
-    # Ctrl-C reaches the whole foreground process group: the trainer reports it in one line and
-    # shuts its workers down; a worker's own KeyboardInterrupt traceback would only be noise.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    quiet_worker_interrupts()  # the trainer reports Ctrl-C, in one line

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from personvit.data.reid import ReIDTrainDataset, read_reid_split, relabel
 from personvit.data.reid_transforms import TrainTransform
 from personvit.data.samplers import KeyBatchSampler, PKSampler
 from personvit.data.shards import ShardError
+from personvit.data.worker_quiet import quiet_worker_interrupts
 from personvit.distributed import DistInfo, all_reduce_sum_, barrier, init_distributed, is_dist
 from personvit.engine.errors import NonFiniteLossError
 from personvit.engine.evaluate import (
@@ -244,9 +244,7 @@ class Finetuner:
 def _one_thread(_: int) -> None:
     # Loader workers decode and augment; letting each spawn a full OpenMP pool oversubscribes the CPU.
     torch.set_num_threads(1)
-    # Ctrl-C reaches the whole foreground process group: the trainer reports it in one line and
-    # shuts its workers down; a worker's own KeyboardInterrupt traceback would only be noise.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    quiet_worker_interrupts()  # the trainer reports Ctrl-C, in one line
 
 
 def run(cfg: FinetuneConfig, allow_change: Sequence[str] = ()) -> dict[str, Any]:
