@@ -9,6 +9,7 @@ uninterrupted run (`personvit ckpt compare`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -21,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from personvit.checkpoint import CheckpointManager, load_checkpoint
+from personvit.checkpoint import CheckpointManager, compare_checkpoints, load_checkpoint
+from personvit.runlog import MetricsLogger
+from personvit.write_errors import WriteFailedError
 from tests.support.kill_resume import checkpoint_step_reached, metrics_step_reached, run_once
 from tests.support.pretrain import pretrain_cmd, subprocess_env, synthetic_lup_shards
 
@@ -57,9 +60,8 @@ def _snapshot(run_dir: Path) -> dict[str, bytes]:
 
 
 def _assert_identical(a: Path, b: Path, context: str = "") -> None:
-    cmp = subprocess.run([sys.executable, "-m", "personvit", "ckpt", "compare", str(a), str(b)],
-                         capture_output=True, text=True, env=subprocess_env(), timeout=120)
-    assert cmp.returncode == 0 and "identical" in cmp.stdout, f"{context}{cmp.stdout}{cmp.stderr}"
+    diff = compare_checkpoints(a, b)  # what `personvit ckpt compare` runs (used as a CLI once below)
+    assert diff is None, f"{context}{diff}"
 
 
 def _error_lines(output: str) -> list[str]:
@@ -142,7 +144,9 @@ def test_second_process_on_a_run_folder_is_refused_and_the_first_ends_as_a_lone_
     assert second.returncode == 2, second.output[-3000:]
     (line,) = _error_lines(second.output)
     assert f"is in use by pid {first.pid} on " in line and "Traceback" not in second.output
-    _assert_identical(reference, run_dir)
+    cmp = subprocess.run([sys.executable, "-m", "personvit", "ckpt", "compare", str(reference), str(run_dir)],
+                         capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    assert cmp.returncode == 0 and "identical" in cmp.stdout, cmp.stdout + cmp.stderr
 
 
 def test_sigkilled_holder_leaves_no_stale_lock(shards, reference, tmp_path):
@@ -239,3 +243,15 @@ def test_full_disk_during_a_checkpoint_is_one_line_and_resumes_exactly_after_fre
     assert rerun.returncode == 0 and f"resumed from {moved}/checkpoints/{committed[-1].name}" in rerun.output, \
         rerun.output[-3000:]
     _assert_identical(reference, moved)
+
+
+def test_full_disk_while_logging_metrics_names_the_file(small_tmpfs):
+    with open(small_tmpfs / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+    metrics = MetricsLogger(small_tmpfs / "run" / "metrics.jsonl")
+    with pytest.raises(WriteFailedError) as info:
+        metrics.log(step=1, loss=1.0)
+    assert str(info.value) == f"cannot write {small_tmpfs}/run/metrics.jsonl: No space left on device"
+    assert not (small_tmpfs / "run" / "metrics.jsonl").exists() or (small_tmpfs / "run" / "metrics.jsonl").read_bytes() == b""
+
