@@ -121,13 +121,13 @@ def check_contract(old: dict[str, Any] | None, new: dict[str, Any], allow_change
 
 
 def record_start(run_dir: Path, cfg: Any, fingerprint: dict[str, Any], changes: Sequence[fp.Change],
-                 kind: str) -> Path:
+                 kind: str, commit: str) -> Path:
     """Write `configs/NNNN.yaml` for this start (and `config.yaml` on the first); returns the new file."""
     starts = _history(run_dir)
     index = int(starts[-1].stem) + 1 if starts else 0
     entry = {
         "start": index, "kind": kind, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
-        "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "git_commit": git_commit(),
+        "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "git_commit": commit,
         "command": list(sys.argv), "changed": [fp.format_change(c) for c in changes],
         "fingerprint": fingerprint, "config": config_to_dict(cfg),
     }  # fmt: skip
@@ -201,8 +201,9 @@ def open_run_folder(cfg: Any, kind: str, rank: int, world_size: int, device: Any
             except Exception:
                 lock.restore()
                 raise
-            record_start(run_dir, cfg, new, changes, kind)
-            _log_start(run_dir, kind, cfg, changes)
+            commit = git_commit()
+            record_start(run_dir, cfg, new, changes, kind, commit)
+            _log_start(run_dir, kind, cfg, changes, commit)
         except (RunLockedError, ConfigError, WriteFailedError) as e:
             if lock is not None:
                 lock.release()
@@ -245,9 +246,9 @@ def _any_rank(flag: bool, world_size: int, device: Any) -> bool:
     return bool(all_reduce_max_(t).item())
 
 
-def _log_start(run_dir: Path, kind: str, cfg: Any, changes: Sequence[fp.Change]) -> None:
+def _log_start(run_dir: Path, kind: str, cfg: Any, changes: Sequence[fp.Change], commit: str) -> None:
     log.info("%s run folder: %s", kind, run_dir.resolve())
-    log.info("git commit: %s", git_commit())
+    log.info("git commit: %s", commit)
     for change in changes:
         log.info("changed since the previous start: %s", fp.format_change(change))
     log.info("resolved config:\n%s", yaml.safe_dump(config_to_dict(cfg), sort_keys=False).rstrip())

@@ -88,6 +88,18 @@ def test_changed_architecture_is_a_fingerprint_error_not_a_size_mismatch(shards,
     assert "  model.depth: 2 -> 3\n  model.head.hidden_dim: 128 -> 64\n" in attempt.output
 
 
+def test_every_rank_stops_when_rank_0_refuses(shards, reference, tmp_path):
+    # torchrun, 2 gloo ranks: rank 0 refuses the world-size change, rank 1 learns it in the verdict
+    # collective and stops too (instead of waiting for a rank that is gone until the timeout).
+    run_dir = _copy(reference, tmp_path / "run")
+    before = _snapshot(run_dir)
+    attempt = run_once(pretrain_cmd(shards, run_dir, *RUN, "dist.timeout_s=60", nproc=2), env=subprocess_env(),
+                       timeout=240)
+    assert attempt.returncode != 0 and "\n  world_size: 1 -> 2\n" in attempt.output, attempt.output[-3000:]
+    assert "error: rank 0 refused" in attempt.output, attempt.output[-3000:]
+    assert _snapshot(run_dir) == before
+
+
 def test_allow_change_proceeds_and_the_history_records_it(shards, reference, tmp_path):
     run_dir = _copy(reference, tmp_path / "run")
     config_before = (run_dir / "config.yaml").read_bytes()
