@@ -11,6 +11,7 @@ expected here and is silenced, anything else still goes to the default hook.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 
 __all__ = ["quiet_worker_interrupts"]
@@ -19,11 +20,19 @@ __all__ = ["quiet_worker_interrupts"]
 def quiet_worker_interrupts() -> None:
     """Call first thing in a DataLoader `worker_init_fn`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    default = threading.excepthook
+    # multiprocessing's resource sharer reports its thread's errors through sys.excepthook.
+    default_sys, default_thread = sys.excepthook, threading.excepthook
 
-    def hook(args: threading.ExceptHookArgs) -> None:
-        if issubclass(args.exc_type, (ConnectionError, EOFError)):
-            return  # the trainer closed its end: it is stopping, and says why itself
-        default(args)
+    def sys_hook(exc_type, exc, tb) -> None:
+        if not issubclass(exc_type, _PEER_GONE):
+            default_sys(exc_type, exc, tb)
 
-    threading.excepthook = hook
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if not issubclass(args.exc_type, _PEER_GONE):
+            default_thread(args)
+
+    sys.excepthook, threading.excepthook = sys_hook, thread_hook
+
+
+# The trainer closed its end: it is stopping and says why itself.
+_PEER_GONE = (ConnectionError, EOFError)
