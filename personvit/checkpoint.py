@@ -17,6 +17,7 @@ bitwise-equal payloads (what `personvit ckpt compare` checks).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 
 from personvit.runlog import get_logger
+from personvit.write_errors import ErrorRecordingFile, reporting_write_errors
 
 FORMAT = "personvit-checkpoint"
 VERSION = 1
@@ -51,19 +53,34 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _atomic_write_bytes(path: Path, writer) -> int:
-    """Write via `writer(fileobj)` to a temp name, fsync, rename over `path`; returns the size."""
+    """Write via `writer(fileobj)` to a temp name, fsync, rename over `path`; returns the size.
+
+    Raises:
+        WriteFailedError: the disk is full, over quota or failing; the temp file is removed and
+            whatever `path` held before is untouched.
+    """
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            writer(f)
-            f.flush()
-            os.fsync(f.fileno())
-            size = f.tell()
-        os.replace(tmp, path)
+        with reporting_write_errors(path):
+            raw = open(tmp, "wb")
+            f = ErrorRecordingFile(raw)
+            try:
+                writer(f)
+                raw.flush()
+                os.fsync(raw.fileno())
+                size = raw.tell()
+            except BaseException as e:
+                with contextlib.suppress(OSError):  # closing flushes again: a second ENOSPC
+                    raw.close()
+                if f.error is not None and f.error is not e:
+                    raise f.error from None  # torch.save's zip writer hides the cause behind its own
+                raise
+            raw.close()
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
-    _fsync_dir(path.parent)
     return size
 
 
@@ -166,7 +183,8 @@ class CheckpointManager:
         committed = self.committed()
         return committed[-1] if committed else None
 
-    def _candidates(self) -> Iterator[Path]:
+    def candidates(self) -> Iterator[Path]:
+        """Checkpoints to try, best first: `latest`, then every committed one, newest first."""
         first = self.latest()
         seen = set()
         if first is not None:
@@ -203,7 +221,11 @@ class CheckpointManager:
         size = _atomic_write_bytes(path, lambda f: torch.save(payload, f))
         marker = {"file": path.name, "bytes": size, "step": int(step), "epoch": int(epoch),
                   "end_of_epoch": bool(end_of_epoch), "keep": bool(keep_forever), "time": time.time()}
-        _atomic_write_bytes(self._marker(path), lambda f: f.write(json.dumps(marker).encode()))
+        try:
+            _atomic_write_bytes(self._marker(path), lambda f: f.write(json.dumps(marker).encode()))
+        except BaseException:
+            path.unlink(missing_ok=True)  # a payload without its marker would only be an orphan
+            raise
         _atomic_write_bytes(self.root / "latest", lambda f: f.write(path.name.encode()))
         self._prune()
         return path
@@ -225,23 +247,90 @@ class CheckpointManager:
                 p.unlink(missing_ok=True)
 
     # ----------------------------------------------------------------- load
+    def unusable_newer(self, than: Path | None) -> list[str]:
+        """Why each checkpoint newer than `than` (None: any) cannot be used, newest first.
+
+        A kill between writing a payload and its marker leaves a payload without marker; a full
+        disk or a copy cut short leaves a payload shorter than its marker says.
+        """
+        if not self.root.is_dir():
+            return []
+        floor = int(than.name[5:14]) if than is not None else -1
+        steps = sorted({int(p.name[5:14]) for p in self.root.glob("ckpt-*.*")
+                        if p.suffix in (".pt", ".commit") and p.name[5:14].isdigit()}, reverse=True)
+        out = []
+        for step in steps:
+            if step <= floor:
+                break
+            ckpt = self.root / _ckpt_name(step)
+            reason = self._why_unusable(ckpt)
+            if reason:
+                out.append(f"{ckpt}: {reason}")
+        return out
+
+    def _why_unusable(self, ckpt: Path) -> str | None:
+        marker_path = self._marker(ckpt)
+        if not marker_path.exists():
+            return "no commit marker (its write was interrupted)" if ckpt.exists() else None
+        try:
+            marker = json.loads(marker_path.read_text())
+        except (OSError, ValueError):
+            return f"unreadable commit marker {marker_path.name}"
+        if not ckpt.exists():
+            return "payload missing (only its commit marker exists)"
+        size = ckpt.stat().st_size
+        if size != marker.get("bytes"):
+            return f"truncated: {size} of {marker.get('bytes')} bytes"
+        return None
+
     def load_latest(self) -> dict[str, Any] | None:
         """The newest loadable checkpoint's state plus `step` / `epoch`; None when there is none.
 
-        A truncated or foreign newest file is reported and skipped: the previous complete checkpoint
-        is used instead, so one bad write never costs the whole run.
+        A truncated, uncommitted or unloadable newest file is reported (a warning naming it and
+        why) and skipped: the previous complete checkpoint is used, so one bad write never costs
+        the whole run.
         """
-        for path in self._candidates():
+        skipped: list[str] = []
+        for path in self.candidates():
             try:
                 payload = load_checkpoint(path)
             except CheckpointError as e:
-                log.warning("skipping unusable checkpoint: %s", e)
+                skipped.append(str(e))
                 continue
+            for reason in [*self.unusable_newer(path), *skipped]:
+                log.warning("skipping unusable checkpoint %s; resuming from %s", reason, path)
             out = dict(payload["state"])
             out["step"], out["epoch"] = payload["step"], payload["epoch"]
             out["_path"] = str(path)
             return out
+        for reason in [*self.unusable_newer(None), *skipped]:
+            log.warning("skipping unusable checkpoint %s; no usable checkpoint left, starting afresh", reason)
         return None
+
+    def latest_finite(self) -> Path | None:
+        """The newest loadable checkpoint whose every floating-point tensor is finite (None if none).
+
+        What a run that hit a NaN should restart from: the newest one may already hold the
+        non-finite weights of the update that caused it.
+        """
+        for path in self.candidates():
+            try:
+                payload = load_checkpoint(path)
+            except CheckpointError:
+                continue
+            if _all_finite(payload["state"]):
+                return path
+        return None
+
+
+def _all_finite(obj: Any) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return not obj.is_floating_point() or bool(torch.isfinite(obj).all())
+    if isinstance(obj, dict):
+        return all(_all_finite(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return all(_all_finite(v) for v in obj)
+    return True
 
 
 # --------------------------------------------------------------------------- comparison

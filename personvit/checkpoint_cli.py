@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from personvit import cli_args
-from personvit.checkpoint import compare_checkpoints, load_checkpoint, resolve_checkpoint_path
+from personvit.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    compare_checkpoints,
+    load_checkpoint,
+    resolve_checkpoint_path,
+)
 
 
 def _count(obj: Any) -> tuple[int, int, int]:
@@ -30,13 +37,32 @@ def _summary(v: Any) -> str:
     return f"{kind}: {t} tensors, {n:,} values, {b / 2**20:.2f} MiB" if t else f"{kind} ({len(v)} items)"
 
 
+def _resolve_with_fallback(path: Path) -> tuple[Path, dict[str, Any], list[str]]:
+    """(file, payload, why newer ones were skipped): a folder means what a resume would load."""
+    if path.is_file():
+        return path, load_checkpoint(path), []
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    manager = CheckpointManager(folder, is_main=False)
+    skipped: list[str] = []
+    for candidate in manager.candidates():
+        try:
+            payload = load_checkpoint(candidate)
+        except CheckpointError as e:
+            skipped.append(str(e))
+            continue
+        return candidate, payload, [*manager.unusable_newer(candidate), *skipped]
+    p = resolve_checkpoint_path(path)  # raises the usual "no complete checkpoint" error
+    return p, load_checkpoint(p), skipped
+
+
 def info(path: str) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    p = resolve_checkpoint_path(path)
-    payload = load_checkpoint(p)
+    p, payload, skipped = _resolve_with_fallback(Path(path))
     console = Console()
+    for reason in skipped:
+        console.print(f"[yellow]warning:[/yellow] skipping unusable checkpoint {reason}; a resume uses {p}")
     console.print(f"[bold]{p}[/bold]  ({p.stat().st_size / 2**20:.2f} MiB)")
     console.print(f"step {payload['step']}  epoch {payload['epoch']}  end_of_epoch {payload.get('end_of_epoch')}")
     table = Table("entry", "content")

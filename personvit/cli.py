@@ -14,6 +14,8 @@ from personvit import __version__, cli_args
 
 # EX_TEMPFAIL: "try again later", which is what a preempted run asks for (fine-tuning uses it too).
 PREEMPTED_EXIT_CODE = 75
+# 128 + SIGINT, what a shell reports for a Ctrl-C'd command.
+INTERRUPTED_EXIT_CODE = 130
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("personvit.engine.pretrain", "self-supervised DINO+MIM pretraining (CONFIG [key=value ...])"),
@@ -46,15 +48,28 @@ def main(argv: list[str] | None = None) -> int:
     if cmd not in COMMANDS:
         print(f"personvit: unknown command '{cmd}' (one of: {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
-    cli_args.parser_for(cmd).parse_args(rest)  # --help / usage errors exit here, before torch is imported
+    cli_args.parse(cmd, rest)  # --help / usage errors exit here, before torch is imported
     module = importlib.import_module(COMMANDS[cmd][0])
     from personvit.checkpoint import CheckpointError
     from personvit.config.core import ConfigError
     from personvit.preemption import Preempted
+    from personvit.run_folder import Interrupted
+    from personvit.run_lock import RunLockedError
+    from personvit.write_errors import WriteFailedError
 
     try:
         return int(module.main(rest) or 0)
-    except (ConfigError, CheckpointError) as e:
+    except Interrupted as e:
+        print(f"personvit {cmd}: {e}", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
+    except KeyboardInterrupt:
+        print(f"personvit {cmd}: interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
+    except WriteFailedError as e:
+        # Full disk / quota / I/O error: the message names the file and the checkpoint that is safe.
+        print(f"personvit {cmd}: error: {e}", file=sys.stderr)
+        return 1
+    except (ConfigError, CheckpointError, RunLockedError) as e:
         # A user mistake: one line naming the culprit, no traceback.
         print(f"personvit {cmd}: error: {e}", file=sys.stderr)
         return 2

@@ -9,10 +9,10 @@ call `main` directly see the same options.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["PARSERS", "parser_for"]
+__all__ = ["PARSERS", "parse", "parser_for"]
 
 
 def _recipe(parser: argparse.ArgumentParser, example: str, override: str) -> argparse.ArgumentParser:
@@ -24,7 +24,9 @@ def _recipe(parser: argparse.ArgumentParser, example: str, override: str) -> arg
 def _allow_change(parser: argparse.ArgumentParser) -> None:
     # Consumed by the run-folder resume contract: keys a resumed run may change on purpose.
     parser.add_argument("--allow-change", dest="allow_change", action="append", default=None, metavar="KEYS",
-                        help="comma-separated dotted config keys a resume may change (repeatable)")
+                        help="comma-separated config keys (or sections) a resume may change, e.g. "
+                             "run.seed,optim.base_lr (repeatable); without it a rerun whose config differs "
+                             "from the run folder's is refused")
 
 
 def pretrain() -> argparse.ArgumentParser:
@@ -135,3 +137,14 @@ PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
 def parser_for(cmd: str) -> argparse.ArgumentParser:
     """The parser of subcommand `cmd` (a key of PARSERS)."""
     return PARSERS[cmd]()
+
+
+# Recipe commands take options anywhere among the overrides (`CONFIG a=1 --allow-change run.seed b=2`);
+# argparse's intermixed mode allows that but not subcommands, so the others parse the plain way.
+_INTERMIXED = frozenset({"pretrain", "finetune", "evaluate"})
+
+
+def parse(cmd: str, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse `argv` with subcommand `cmd`'s parser (exits with a usage line on a mistake)."""
+    parser = parser_for(cmd)
+    return parser.parse_intermixed_args(list(argv)) if cmd in _INTERMIXED else parser.parse_args(list(argv))

@@ -7,6 +7,7 @@ so off a terminal we print a plain line every `every_s` seconds instead.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import logging
 import math
@@ -16,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from personvit.write_errors import reporting_write_errors
 
 _CONFIGURED = False
 
@@ -138,8 +141,12 @@ class MetricsLogger:
             except ValueError:
                 continue  # a line cut by a kill
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(k + "\n" for k in kept))
-        tmp.replace(self.path)
+        try:
+            with reporting_write_errors(self.path):
+                tmp.write_text("".join(k + "\n" for k in kept))
+                tmp.replace(self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def log(self, step: int, **metrics: Any) -> None:
         """Append `{"step": step, **metrics}`; floats that are not finite are written as strings."""
@@ -152,9 +159,16 @@ class MetricsLogger:
             if isinstance(v, float) and not math.isfinite(v):
                 v = str(v)
             row[k] = v
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        line = (json.dumps(row) + "\n").encode()
+        with reporting_write_errors(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # One O_APPEND write: a full disk leaves at most a cut last line, which readers skip.
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                if os.write(fd, line) != len(line):  # a short write is how a full disk starts
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            finally:
+                os.close(fd)
         if self._tb is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k != "step":

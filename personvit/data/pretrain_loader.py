@@ -23,6 +23,7 @@ from personvit.data.collate import PretrainBatch, SampleViews, collate
 from personvit.data.multicrop import CropSpec, decode, multicrop
 from personvit.data.photometric import draw_photometric
 from personvit.data.shards import EpochOrder, ShardReader, rank_positions, read_manifest
+from personvit.data.worker_quiet import quiet_worker_interrupts
 from personvit.masking import view_masks
 from personvit.rng import Stream, numpy_rng
 
@@ -185,3 +186,4 @@ class PretrainLoader:
 def _worker_init(worker_id: int) -> None:
     # Workers do PIL/numpy work; torch intra-op threads there would only fight the trainer for cores.
     torch.set_num_threads(1)
+    quiet_worker_interrupts()  # the trainer reports Ctrl-C, in one line

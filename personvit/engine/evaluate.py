@@ -235,7 +235,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
 
 def main(argv: Sequence[str]) -> int:
     """Entry of `personvit evaluate`."""
-    args = cli_args.evaluate().parse_args(list(argv))
+    args = cli_args.parse("evaluate", argv)
     cfg = load_config(EvaluateConfig, args.config, args.overrides)
     if not (cfg.weights or cfg.model.init or args.random_init):
         # A forgotten `weights=` would otherwise report a random network's mAP as if it were the model's.

@@ -27,6 +27,7 @@ from personvit.data.reid import ReIDTrainDataset, read_reid_split, relabel
 from personvit.data.reid_transforms import TrainTransform
 from personvit.data.samplers import KeyBatchSampler, PKSampler
 from personvit.data.shards import ShardError
+from personvit.data.worker_quiet import quiet_worker_interrupts
 from personvit.distributed import DistInfo, all_reduce_sum_, barrier, init_distributed, is_dist
 from personvit.engine.errors import NonFiniteLossError
 from personvit.engine.evaluate import (
@@ -42,7 +43,8 @@ from personvit.losses.triplet import batch_hard_triplet_loss
 from personvit.models.loading import load_backbone
 from personvit.models.reid import ReIDModel, build_reid_model
 from personvit.rng import Stream, derive_seed, seed_step
-from personvit.runlog import MetricsLogger, ProgressReporter, get_logger, resolve_run_dir, start_run
+from personvit.run_folder import open_run_folder, reporting_interrupts
+from personvit.runlog import MetricsLogger, ProgressReporter, get_logger
 
 log = get_logger(__name__)
 
@@ -187,8 +189,8 @@ class Finetuner:
         if bad.item() > 0:
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.step} (epoch {self.epoch}; this rank: id {id_loss.item():.4g}, "
-                f"triplet {tri_loss.item():.4g}); stopped before the update, last good checkpoint: "
-                f"{self.ckpt.latest()}"
+                f"triplet {tri_loss.item():.4g}); stopped before the update; last checkpoint with finite "
+                f"weights: {self.ckpt.latest_finite()}"
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -214,7 +216,7 @@ class Finetuner:
         per_epoch = [self.sampler.epoch_batches(e).shape[0] for e in range(t.epochs)]
         every = cfg.checkpoint.every_steps
         self.model.train()
-        with ProgressReporter(sum(per_epoch), "finetune", enabled=self.dist.is_main, every_s=cfg.run.progress_every_s,
+        with reporting_interrupts(lambda: self.step, self.ckpt.latest), ProgressReporter(sum(per_epoch), "finetune", enabled=self.dist.is_main, every_s=cfg.run.progress_every_s,
                               initial=sum(per_epoch[:self.epoch]) + self.batch) as bar:
             while self.epoch < t.epochs:
                 lr = float(self.lrs[self.epoch])
@@ -242,24 +244,32 @@ class Finetuner:
 def _one_thread(_: int) -> None:
     # Loader workers decode and augment; letting each spawn a full OpenMP pool oversubscribes the CPU.
     torch.set_num_threads(1)
+    quiet_worker_interrupts()  # the trainer reports Ctrl-C, in one line
 
 
 def run(cfg: FinetuneConfig, allow_change: Sequence[str] = ()) -> dict[str, Any]:
     """Fine-tune (resuming when the run folder has a checkpoint), then evaluate on rank 0.
 
     Args:
-        cfg: resolved fine-tuning config.
-        allow_change: `--allow-change` values, for the run folder's resume contract (which checks
-            them; this branch only passes them through).
+        cfg: the resolved config.
+        allow_change: keys a resume may change besides the default ones (personvit/fingerprint.py).
 
     Returns:
         The `results.json` content on rank 0, an empty dict on other ranks.
     Raises:
         Preempted: after saving, when a stop was requested (Slurm's warning signal).
+        RunLockedError, ResumeContractError: the run folder is in use, or was started with another
+            config (nothing written).
+        WriteFailedError, Interrupted: a full disk, Ctrl-C (the message names the last checkpoint).
     """
     dist_info = init_distributed(cfg.dist.backend, cfg.dist.timeout_s)
+    d = dist_info
+    with open_run_folder(cfg, "finetune", d.rank, d.world_size, d.device, allow_change) as folder:
+        return _run(cfg, dist_info, folder.path)
+
+
+def _run(cfg: FinetuneConfig, dist_info: DistInfo, run_dir: Path) -> dict[str, Any]:
     preemption.install_handlers()
-    run_dir = start_run(cfg, resolve_run_dir(cfg.run.dir, "finetune"), "finetune", is_main=dist_info.is_main)
     tuner = Finetuner(cfg, dist_info, run_dir)
     tuner.resume()
     tuner.fit()
@@ -273,7 +283,7 @@ def run(cfg: FinetuneConfig, allow_change: Sequence[str] = ()) -> dict[str, Any]
 
 def main(argv: Sequence[str]) -> int:
     """Entry of `personvit finetune`; exits 75 after a preemption save (rerun to resume)."""
-    args = cli_args.finetune().parse_args(list(argv))
+    args = cli_args.parse("finetune", argv)
     cfg = load_config(FinetuneConfig, args.config, args.overrides)
     try:
         run(cfg, args.allow_change or ())

@@ -40,7 +40,8 @@ from personvit.engine.schedules import pretrain_schedules
 from personvit.engine.ssl_model import build_student_teacher, ema_update_, init_backbone
 from personvit.losses import DINOMIMLoss, teacher_entropies
 from personvit.rng import seed_step
-from personvit.runlog import MetricsLogger, ProgressReporter, get_logger, resolve_run_dir, start_run
+from personvit.run_folder import open_run_folder, reporting_interrupts
+from personvit.runlog import MetricsLogger, ProgressReporter, get_logger
 
 __all__ = ["NonFiniteLossError", "main", "run"]
 
@@ -107,18 +108,22 @@ def run(cfg: PretrainConfig, allow_change: Sequence[str] = ()) -> dict[str, Any]
 
     Args:
         cfg: resolved pretraining config.
-        allow_change: `--allow-change` values, for the run folder's resume contract (which checks
-            them; this branch only passes them through).
+        allow_change: keys a resume may change besides the default ones (personvit/fingerprint.py).
     Returns:
         `{"run_dir", "step", "epoch", "checkpoint", "loss"}` of the finished run.
     Raises:
         Preempted: a stop was requested (signal); a checkpoint of this step was saved first.
         NonFiniteLossError: the loss became NaN/inf (no update, no checkpoint of that step).
+        RunLockedError, ResumeContractError: the run folder is in use, or was started with another
+            config (nothing written).
+        WriteFailedError, Interrupted: a full disk, Ctrl-C (the message names the last checkpoint).
     """
     own_group = not is_dist()
     dist_info = init_distributed(cfg.dist.backend, cfg.dist.timeout_s)
     try:
-        return _train(cfg, dist_info)
+        d = dist_info
+        with open_run_folder(cfg, "pretrain", d.rank, d.world_size, d.device, allow_change) as folder:
+            return _train(cfg, dist_info, folder.path)
     finally:
         if own_group:
             shutdown()
@@ -213,10 +218,9 @@ def _step(
     return total, dino, mim, ent, ent_mean
 
 
-def _train(cfg: PretrainConfig, dist_info: DistInfo) -> dict[str, Any]:
+def _train(cfg: PretrainConfig, dist_info: DistInfo, run_dir: Path) -> dict[str, Any]:
     rank, world, device, is_main = dist_info.rank, dist_info.world_size, dist_info.device, dist_info.is_main
     preemption.install_handlers()
-    run_dir = Path(start_run(cfg, resolve_run_dir(cfg.run.dir, "pretrain"), "pretrain", is_main))
     t = _build(cfg, dist_info)
     niter = t.loader.batches_per_epoch
     total_steps = cfg.train.epochs * niter
@@ -257,13 +261,13 @@ def _train(cfg: PretrainConfig, dist_info: DistInfo) -> dict[str, Any]:
         bad = ", ".join(f"{k}={v}" for k, v in terms.items() if not math.isfinite(v))
         raise NonFiniteLossError(
             f"non-finite loss at step {step} (epoch {epoch}, batch {batch.index}): {bad}; "
-            f"stopped before the update, last good checkpoint: {ckpt.latest()}"
+            f"stopped before the update; last checkpoint with finite weights: {ckpt.latest_finite()}"
         )
 
     last_loss = float("nan")
     window = _Window()
     t.student.train()
-    with ProgressReporter(
+    with reporting_interrupts(lambda: step, ckpt.latest), ProgressReporter(
         total_steps, "pretrain", enabled=is_main, every_s=cfg.run.progress_every_s, initial=step
     ) as progress:
         while epoch < cfg.train.epochs:
@@ -357,7 +361,7 @@ def main(argv: list[str]) -> int:
     Args:
         argv: the config path and dotted overrides, e.g. `["configs/pretrain/tiny_cpu.yaml", "train.epochs=2"]`.
     """
-    args = cli_args.pretrain().parse_args(argv)
+    args = cli_args.parse("pretrain", argv)
     cfg = load_config(PretrainConfig, args.config, args.overrides)
     try:
         run(cfg, args.allow_change or ())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -75,6 +76,56 @@ def test_truncated_latest_falls_back(tmp_path, caplog):
     newest.write_bytes(data[: len(data) // 2])  # truncation after commit (disk trouble, manual copy)
     loaded = mgr.load_latest()
     assert loaded["step"] == 1  # marker size mismatch -> skipped -> previous complete one
+
+
+class _Warnings(logging.Handler):
+    """The checkpoint module's warnings (the `personvit` loggers do not propagate to pytest's caplog)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def warnings_of_checkpoint():
+    handler = _Warnings()
+    logger = logging.getLogger("personvit.checkpoint")
+    logger.addHandler(handler)
+    try:
+        yield handler.lines
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_fallbacks_are_reported_naming_the_file_and_why(tmp_path, warnings_of_checkpoint):
+    mgr = CheckpointManager(tmp_path)
+    for step in (1, 2, 3):
+        mgr.save(_state(step), step=step, epoch=0)
+    newest = tmp_path / "ckpt-000000003.pt"
+    size = newest.stat().st_size
+    newest.write_bytes(newest.read_bytes()[:100])
+    (tmp_path / "ckpt-000000004.pt").write_bytes(b"killed before its marker")
+    assert mgr.load_latest()["step"] == 2
+    assert warnings_of_checkpoint == [
+        f"skipping unusable checkpoint {tmp_path}/ckpt-000000004.pt: no commit marker (its write was interrupted); "
+        f"resuming from {tmp_path}/ckpt-000000002.pt",
+        f"skipping unusable checkpoint {newest}: truncated: 100 of {size} bytes; "
+        f"resuming from {tmp_path}/ckpt-000000002.pt",
+    ]
+    assert mgr.unusable_newer(tmp_path / "ckpt-000000004.pt") == []
+
+
+def test_latest_finite_skips_checkpoints_holding_non_finite_weights(tmp_path):
+    mgr = CheckpointManager(tmp_path, keep_last=3)
+    mgr.save(_state(1), step=1, epoch=0)
+    bad = _state(2)
+    bad["optimizer"]["state"][0]["exp_avg"][1] = float("inf")
+    mgr.save(bad, step=2, epoch=0)
+    assert mgr.latest().name == "ckpt-000000002.pt"
+    assert mgr.latest_finite().name == "ckpt-000000001.pt"
 
 
 def test_corrupt_but_same_size_falls_back_with_warning(tmp_path):

@@ -42,7 +42,7 @@ class Attempt:
     """One launch of the command.
 
     Attributes:
-        killed: the trigger fired and the process tree was SIGKILLed.
+        killed: the trigger fired and the process tree was SIGKILLed (or sent `stop_signal`).
         returncode: exit status (negative signal number when killed).
         seconds: wall time of the launch.
         output: combined stdout + stderr.
@@ -143,12 +143,15 @@ def run_once(
     cwd: str | Path | None = None,
     timeout: float = 300.0,
     poll_s: float = 0.01,
+    stop_signal: int | None = None,
 ) -> Attempt:
-    """Launch `cmd`; SIGKILL its whole process group as soon as `trigger()` is true.
+    """Launch `cmd`; SIGKILL its whole process tree as soon as `trigger()` is true.
 
     Args:
         cmd: the command line.
         trigger: predicate polled every `poll_s`; None = run to completion.
+        stop_signal: send this signal to the launch's process group instead of SIGKILLing the tree
+            (SIGINT: what Ctrl-C in a terminal does), then wait for it to exit by itself.
         env: environment (default: inherited).
         cwd: working directory.
         timeout: the launch is killed and an AssertionError raised past this many seconds.
@@ -175,7 +178,11 @@ def run_once(
                         f"{' '.join(cmd)} ran past {timeout:.0f} s:\n{log.read().decode()[-4000:]}"
                     )
                 if trigger is not None and trigger():
-                    kill_tree(proc.pid)
+                    if stop_signal is None:
+                        kill_tree(proc.pid)
+                    else:
+                        os.killpg(proc.pid, stop_signal)
+                        proc.wait(timeout=max(timeout - (time.monotonic() - t0), 1.0))
                     killed = True
                     break
                 time.sleep(poll_s)

@@ -246,6 +246,11 @@ def test_resume_with_another_batch_layout_is_refused(shards, tmp_path, capsys):
         "data.batch_size_per_rank=8",
         "train.epochs=2",
     ]
+    # The run folder's contract refuses it first, naming the key...
     assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "\n  data.batch_size_per_rank: 16 -> 8\n" in err and "Traceback" not in err
+    # ...and allowing the change does not make the checkpoint's positions fit another layout.
+    assert cli_main([*argv, "--allow-change", "data.batch_size_per_rank"]) == 2
     err = capsys.readouterr().err
     assert "resume needs the same world size and batch size" in err and "'batch_size_per_rank': 16" in err
