@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from personvit.checkpoint import load_checkpoint, resolve_checkpoint_path
 from slurm.restarts import read_events
 
 
@@ -33,6 +34,14 @@ def last_step(run_dir: Path) -> int:
         except (ValueError, KeyError):
             continue
     return 0
+
+
+def checkpoint_step(run_dir: Path) -> int:
+    """Step of the run's latest complete checkpoint (-1 when none yet)."""
+    try:
+        return load_checkpoint(resolve_checkpoint_path(run_dir))["step"]
+    except Exception:  # noqa: BLE001 - none yet, or one being written
+        return -1
 
 
 def starts(run_dir: Path) -> int:

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import time
 
-from slurm.local_cluster import LocalSlurm, _alive, leftover_pids
+from slurm.local_cluster import LocalSlurm, alive, leftover_pids
 from tests.slurm.helpers import wait_for
 
 
@@ -43,7 +43,7 @@ def test_stop_kills_only_its_own_leftovers(slurm_available, tmp_path):
     finally:
         cluster.stop()
     assert leftover_pids(cluster.root) == []
-    assert not any(_alive(p) for p in orphans)
-    assert _alive(bystander.pid)
+    assert not any(alive(p) for p in orphans)
+    assert alive(bystander.pid)
     bystander.kill()
     bystander.wait()
