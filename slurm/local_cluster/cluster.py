@@ -25,6 +25,8 @@ from slurm.local_cluster.processes import MARKER_ENV, alive, leftover_pids, list
 
 CLIENTS = ("sbatch", "srun", "salloc", "squeue", "scontrol", "scancel", "sinfo", "sacct", "sacctmgr", "sstat")
 NETNS_PORTS = {"slurmctld": 6817, "slurmd": 6818, "slurmdbd": 6819, "mariadb": 3306}  # private per cluster
+SOCKET_PATH_MAX = 107  # bytes of a Unix socket path (sun_path is 108 with the NUL)
+STEP_SOCKET = "/node01/node01_4294967295.4294967291"  # the longest socket slurmstepd makes in the spool
 STATE_FILE = "cluster.json"  # what `attach` (and `down`) needs to find everything this cluster made
 
 
@@ -88,6 +90,7 @@ class LocalSlurm:
         self.network: ClusterNetwork | None = None
         self.pids: dict[str, int] = {}
         self.ports: dict[str, int] = {}
+        self.spool = self.root / "spool"
         self._procs: list[subprocess.Popen] = []
 
     # ------------------------------------------------------------------ environment
@@ -122,17 +125,17 @@ class LocalSlurm:
     def layout(self) -> Layout:
         mem_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 - 512
         if self.network is None:
-            return Layout(self.root, ("localhost", "127.0.0.1"), (("localhost", "127.0.0.1"),), self.ports,
+            return Layout(self.root, self.spool, ("localhost", "127.0.0.1"), (("localhost", "127.0.0.1"),), self.ports,
                           self.cpus, max(1024, mem_mb), self.gpus, self.accounting, _hostname_is_loopback())
         net = self.network
-        return Layout(self.root, (LOGIN, net.address(LOGIN)), tuple((n, net.address(n)) for n in net.nodes),
+        return Layout(self.root, self.spool, (LOGIN, net.address(LOGIN)), tuple((n, net.address(n)) for n in net.nodes),
                       self.ports, self.cpus, max(1024, mem_mb // self.nodes), self.gpus, self.accounting)
 
     def _write_configs(self) -> None:
-        for sub in ("state", "spool", "log", "db"):
+        for sub in ("state", "log", "db"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        for node in (self.network.nodes if self.network else ()):
-            (self.root / "spool" / node).mkdir(exist_ok=True)
+        for node in (self.network.nodes if self.network else ("",)):
+            (self.spool / node).mkdir(parents=True, exist_ok=True)
         lay = self.layout()
         self.conf.write_text(slurm_conf(lay))
         if self.gpus:
@@ -145,7 +148,7 @@ class LocalSlurm:
     # ------------------------------------------------------------------ state on disk
     def _save_state(self) -> None:
         state = {"pids": self.pids, "ports": self.ports, "nodes": self.nodes, "accounting": self.accounting,
-                 "token": self.network.token if self.network else None}
+                 "token": self.network.token if self.network else None, "spool": str(self.spool)}
         (self.root / STATE_FILE).write_text(json.dumps(state))
 
     @classmethod
@@ -156,6 +159,7 @@ class LocalSlurm:
         cluster = cls(root, accounting=state["accounting"], nodes=state["nodes"])
         cluster.pids = {k: int(v) for k, v in state["pids"].items()}
         cluster.ports = state["ports"]
+        cluster.spool = Path(state["spool"])
         if state["token"]:
             cluster.network = ClusterNetwork(state["token"], tuple(node_names(state["nodes"])), root / "hosts")
         return cluster
@@ -194,7 +198,7 @@ class LocalSlurm:
             raise SlurmUnavailable(f"mariadb-install-db failed: {proc.stderr.strip()[-300:]}")
         self._spawn("mariadbd", [_which("mariadbd"), "--no-defaults", f"--datadir={db}", "--user=root",
                                  "--bind-address=127.0.0.1", f"--port={self.ports['mariadb']}",
-                                 f"--socket={self.root / 'mysql.sock'}", f"--pid-file={self.root / 'mariadbd.pid'}",
+                                 f"--socket={self.spool / 'mysql.sock'}", f"--pid-file={self.root / 'mariadbd.pid'}",
                                  "--skip-name-resolve", f"--log-error={self.root / 'log/mariadbd.log'}"])
         self._wait("mariadb", lambda: listening(self.pids["mariadbd"], self.ports["mariadb"]), 60, "mariadbd.log")
         self._spawn("slurmdbd", [_which("slurmdbd"), "-D"])  # reads slurmdbd.conf beside SLURM_CONF
@@ -224,6 +228,9 @@ class LocalSlurm:
             raise SlurmUnavailable(why)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "log").mkdir(exist_ok=True)
+        if len(str(self.spool)) + len(STEP_SOCKET) > SOCKET_PATH_MAX:
+            # slurmstepd cannot bind a longer socket path ("Unix socket name exceeded maximum length").
+            self.spool = Path(tempfile.mkdtemp(prefix="pvslurm-spool-"))
         try:
             if self.nodes > 1:
                 self.ports = dict(NETNS_PORTS)
@@ -299,6 +306,8 @@ class LocalSlurm:
             terminate(pid, grace_s=1.0)
         if self.network is not None:
             self.network.destroy()
+        if self.spool.parent != self.root:  # the short spool made outside a long root
+            shutil.rmtree(self.spool, ignore_errors=True)
 
     def __enter__(self) -> LocalSlurm:
         return self.start()

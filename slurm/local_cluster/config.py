@@ -19,6 +19,7 @@ class Layout:
 
     Attributes:
         root: the cluster folder (config, state, logs, database).
+        spool: slurmd's spool folder (holds the job steps' Unix sockets: its path must stay short).
         controller: (name, address) of slurmctld's host; slurmdbd and mariadb live there too.
         nodes: (name, address) per compute node.
         ports: slurmctld, slurmd, and with accounting slurmdbd and mariadb.
@@ -29,6 +30,7 @@ class Layout:
     """
 
     root: Path
+    spool: Path
     controller: tuple[str, str]
     nodes: tuple[tuple[str, str], ...]
     ports: dict[str, int]
@@ -54,8 +56,8 @@ def slurm_conf(lay: Layout) -> str:
     r, p = lay.root, lay.ports
     host, addr = lay.controller
     # One slurmd: the historical file names. Several: `%n` (the node name) keeps their files apart.
-    node_files = ("slurmd.pid", "log/slurmd.log", "spool") if lay.single_node else \
-        ("slurmd-%n.pid", "log/slurmd-%n.log", "spool/%n")
+    node_files = ("slurmd.pid", "log/slurmd.log", "") if lay.single_node else \
+        ("slurmd-%n.pid", "log/slurmd-%n.log", "%n")
     lines = [
         f"ClusterName={CLUSTER_NAME}",
         f"SlurmctldHost={host}({addr})",
@@ -63,7 +65,7 @@ def slurm_conf(lay: Layout) -> str:
         "AuthType=auth/none", "CredType=cred/none",
         "AuthInfo=cred_expire=5",  # requeued jobs restart after ~6 s instead of ~2 min
         f"SlurmctldPort={p['slurmctld']}", f"SlurmdPort={p['slurmd']}",
-        f"StateSaveLocation={r / 'state'}", f"SlurmdSpoolDir={r / node_files[2]}",
+        f"StateSaveLocation={r / 'state'}", f"SlurmdSpoolDir={lay.spool / node_files[2]}",
         f"SlurmctldPidFile={r / 'slurmctld.pid'}", f"SlurmdPidFile={r / node_files[0]}",
         f"SlurmctldLogFile={r / 'log/slurmctld.log'}", f"SlurmdLogFile={r / node_files[1]}",
         "MailProg=/bin/true",

@@ -22,11 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # jobs import tests.slurm.counter_job from the repo root
     sys.path.insert(0, str(REPO))
 
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"local Slurm unavailable under CI: {reason}", pytrace=False)
-    pytest.skip(f"local Slurm unavailable: {reason}")
+from tests.slurm.helpers import unavailable  # noqa: E402 - needs the repo root on sys.path
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +55,7 @@ def slurm_available() -> None:
     """Skip (fail under CI) when this machine cannot run the harness; for tests that start their own."""
     why = missing_requirements(accounting=False)
     if why:
-        _unavailable(why)
+        unavailable(why)
 
 
 @pytest.fixture(scope="session")
@@ -67,12 +63,12 @@ def slurm_cluster(slurm_tmp):
     """A running single-node cluster; SLURM_CONF and PYTHONPATH exported for clients and jobs."""
     why = missing_requirements(accounting=True)
     if why:
-        _unavailable(why)
+        unavailable(why)
     cluster = LocalSlurm(slurm_tmp / "cluster", accounting=True)
     try:
         cluster.start()
     except SlurmUnavailable as e:
-        _unavailable(str(e))
+        unavailable(str(e))
     try:
         with _exported(cluster):
             yield cluster
@@ -109,12 +105,12 @@ def slurm_2node(slurm_tmp, request):
     """
     why = missing_requirements(accounting=True, nodes=2)
     if why:
-        _unavailable(why)
+        unavailable(why)
     cluster = LocalSlurm(slurm_tmp / f"cluster-2node-{request.module.__name__.rsplit('.', 1)[-1]}", nodes=2)
     try:
         cluster.start()
     except SlurmUnavailable as e:
-        _unavailable(str(e))
+        unavailable(str(e))
     try:
         with _exported(cluster):
             yield cluster
