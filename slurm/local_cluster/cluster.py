@@ -10,6 +10,7 @@ every file lives under one folder, and nothing goes in /etc.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -27,7 +28,11 @@ CLIENTS = ("sbatch", "srun", "salloc", "squeue", "scontrol", "scancel", "sinfo",
 NETNS_PORTS = {"slurmctld": 6817, "slurmd": 6818, "slurmdbd": 6819, "mariadb": 3306}  # private per cluster
 SOCKET_PATH_MAX = 107  # bytes of a Unix socket path (sun_path is 108 with the NUL)
 STEP_SOCKET = "/node01/node01_4294967295.4294967291"  # the longest socket slurmstepd makes in the spool
-STATE_FILE = "cluster.json"  # what `attach` (and `down`) needs to find everything this cluster made
+STATE_FILE = "cluster.json"
+JOB_ID_BLOCK = 100_000
+# Each cluster started by this process numbers its jobs from a block of its own: submitit caches job
+# states process-wide by job id, so job 1 of a second cluster would look already COMPLETED.
+_job_id_blocks = itertools.count()  # what `attach` (and `down`) needs to find everything this cluster made
 
 
 class SlurmUnavailable(RuntimeError):
@@ -91,6 +96,7 @@ class LocalSlurm:
         self.pids: dict[str, int] = {}
         self.ports: dict[str, int] = {}
         self.spool = self.root / "spool"
+        self.first_job_id = 1
         self._procs: list[subprocess.Popen] = []
 
     # ------------------------------------------------------------------ environment
@@ -126,10 +132,12 @@ class LocalSlurm:
         mem_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 - 512
         if self.network is None:
             return Layout(self.root, self.spool, ("localhost", "127.0.0.1"), (("localhost", "127.0.0.1"),), self.ports,
-                          self.cpus, max(1024, mem_mb), self.gpus, self.accounting, _hostname_is_loopback())
+                          self.cpus, max(1024, mem_mb), self.gpus, self.accounting, _hostname_is_loopback(),
+                          self.first_job_id)
         net = self.network
         return Layout(self.root, self.spool, (LOGIN, net.address(LOGIN)), tuple((n, net.address(n)) for n in net.nodes),
-                      self.ports, self.cpus, max(1024, mem_mb // self.nodes), self.gpus, self.accounting)
+                      self.ports, self.cpus, max(1024, mem_mb // self.nodes), self.gpus, self.accounting,
+                      first_job_id=self.first_job_id)
 
     def _write_configs(self) -> None:
         for sub in ("state", "log", "db"):
@@ -228,6 +236,7 @@ class LocalSlurm:
             raise SlurmUnavailable(why)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "log").mkdir(exist_ok=True)
+        self.first_job_id = 1 + JOB_ID_BLOCK * next(_job_id_blocks)
         if len(str(self.spool)) + len(STEP_SOCKET) > SOCKET_PATH_MAX:
             # slurmstepd cannot bind a longer socket path ("Unix socket name exceeded maximum length").
             self.spool = Path(tempfile.mkdtemp(prefix="pvslurm-spool-"))

@@ -27,6 +27,7 @@ class Layout:
         gpus: fake GPUs per node (gres on /dev/null, /dev/zero, ...); 0 = no gres.
         accounting: slurmdbd + mariadb.
         bind_loopback: add NoInAddrAny (only when `hostname` resolves to 127.0.0.1 on a 127.0.0.1 cluster).
+        first_job_id: where job ids start (a fresh state folder starts over from it).
     """
 
     root: Path
@@ -39,6 +40,7 @@ class Layout:
     gpus: int = 0
     accounting: bool = True
     bind_loopback: bool = False
+    first_job_id: int = 1
 
     def __post_init__(self) -> None:
         if not self.nodes:
@@ -77,6 +79,7 @@ def slurm_conf(lay: Layout) -> str:
         "ReturnToService=2", "MpiDefault=none",
         "KillWait=2",  # submitit ignores SIGTERM: a killed job trains on until SIGKILL; keep that short
         "MinJobAge=300",
+        f"FirstJobId={lay.first_job_id}",
     ]
     if lay.bind_loopback:
         lines.append("CommunicationParameters=NoCtldInAddrAny,NoInAddrAny")

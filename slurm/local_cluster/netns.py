@@ -98,9 +98,11 @@ class ClusterNetwork:
             raise NamespaceError(why)
         self.hosts_file.write_text(self.hosts_text())
         login = self.namespace(LOGIN)
+        made: list[str] = []  # on failure, remove these and only these
         try:
             for host in self.hosts:
                 _ip("netns", "add", self.namespace(host))
+                made.append(self.namespace(host))
                 _ip("-n", self.namespace(host), "link", "set", "lo", "up")
             _ip("-n", login, "link", "add", "br0", "type", "bridge")
             _ip("-n", login, "addr", "add", f"{self.address(LOGIN)}/24", "dev", "br0")
@@ -112,7 +114,7 @@ class ClusterNetwork:
                 _ip("-n", ns, "addr", "add", f"{self.address(node)}/24", "dev", "eth0")
                 _ip("-n", ns, "link", "set", "eth0", "up")
         except NamespaceError:
-            self.destroy()
+            _delete(made)
             raise
 
     def existing_namespaces(self) -> list[str]:
@@ -123,8 +125,7 @@ class ClusterNetwork:
 
         Call after the processes inside have ended: a namespace outlives its name while a process holds it.
         """
-        for ns in self.existing_namespaces():
-            subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=30)
+        _delete(self.existing_namespaces())
 
     # ------------------------------------------------------------------ entering
     def enter(self, host: str) -> list[str]:
@@ -171,6 +172,11 @@ class ClusterNetwork:
             wrapper = bin_dir / name
             wrapper.write_text(self.client_wrapper(path))
             wrapper.chmod(0o755)
+
+
+def _delete(namespaces: list[str]) -> None:
+    for ns in namespaces:
+        subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=30)
 
 
 def _ip(*args: str) -> None:

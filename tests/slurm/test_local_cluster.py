@@ -101,6 +101,7 @@ def test_parallel_two_node_clusters(slurm_available, tmp_path):
         b = _start_or_skip(LocalSlurm(tmp_path / "b", accounting=False, gpus=0, nodes=2))
         try:
             assert not set(a.network.existing_namespaces()) & set(b.network.existing_namespaces())
+            assert a.first_job_id != b.first_job_id  # submitit caches job states by id, process-wide
             a.stop()
             job = b.run("sbatch", "--parsable", "-N2", "-o", str(tmp_path / "b.out"), "--wrap",
                         "srun hostname").stdout.strip()
