@@ -1,4 +1,4 @@
-"""Slurm launchers on submitit: `personvit-submit` and the local single-node Slurm for tests.
+"""Slurm launchers on submitit: `personvit-submit` and the local Slurm (1 node, or N simulated) for tests.
 
     submit.py         the `personvit-submit` command (pretrain, finetune, sweep, pack, status, collect)
     profiles.py       cluster profiles from configs/cluster/*.yaml -> submitit / sbatch parameters
@@ -9,7 +9,8 @@
     status.py         job state (squeue / sacct / run log), restarts, latest checkpoint, last metrics
     sweep.py          checkpoints x datasets as one job array; results.md / results.csv
     pack.py           `shard-tools pack` as a job array plus an afterok merge job
-    local_cluster.py  slurmctld + slurmd + slurmdbd/mariadb on 127.0.0.1 in a temp folder
+    local_cluster/    slurmctld + slurmd + slurmdbd/mariadb in a temp folder: on 127.0.0.1, or N nodes
+                      in one network namespace each (netns.py); config.py, processes.py
 
 Preemption, end to end: Slurm sends USR2 `signal_delay_s` before the kill; personvit.preemption's
 handler (installed in front of submitit's) sets a flag; trainers all-reduce it every step, save a

@@ -1,10 +1,12 @@
 """The local Slurm for tests/slurm: one real cluster (slurmctld, slurmd, slurmdbd + mariadb on
-127.0.0.1) per test session. Where it cannot run (no packages, not root) the tests skip with the
-reason; under CI=true that is a failure instead, because CI must exercise the real scheduler.
+127.0.0.1) per test session, and a 2-node one (a network namespace per node) per module that asks.
+Where one cannot run (no packages, not root, no namespaces) its tests skip with the reason; under
+CI=true that is a failure instead, because CI must exercise the real scheduler.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -20,11 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # jobs import tests.slurm.counter_job from the repo root
     sys.path.insert(0, str(REPO))
 
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"local Slurm unavailable under CI: {reason}", pytrace=False)
-    pytest.skip(f"local Slurm unavailable: {reason}")
+from tests.slurm.helpers import unavailable  # noqa: E402 - needs the repo root on sys.path
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +55,7 @@ def slurm_available() -> None:
     """Skip (fail under CI) when this machine cannot run the harness; for tests that start their own."""
     why = missing_requirements(accounting=False)
     if why:
-        _unavailable(why)
+        unavailable(why)
 
 
 @pytest.fixture(scope="session")
@@ -65,14 +63,27 @@ def slurm_cluster(slurm_tmp):
     """A running single-node cluster; SLURM_CONF and PYTHONPATH exported for clients and jobs."""
     why = missing_requirements(accounting=True)
     if why:
-        _unavailable(why)
+        unavailable(why)
     cluster = LocalSlurm(slurm_tmp / "cluster", accounting=True)
     try:
         cluster.start()
     except SlurmUnavailable as e:
-        _unavailable(str(e))
-    saved = {k: os.environ.get(k) for k in ("SLURM_CONF", "PYTHONPATH", "OMP_NUM_THREADS")}
+        unavailable(str(e))
+    try:
+        with _exported(cluster):
+            yield cluster
+    finally:
+        cluster.stop()
+
+
+@contextlib.contextmanager
+def _exported(cluster: LocalSlurm):
+    """SLURM_CONF, PATH (the client wrappers of a multi-node cluster), PYTHONPATH and one thread per
+    task exported for clients and jobs while the block runs; the previous values come back after."""
+    names = ("SLURM_CONF", "PATH", "PYTHONPATH", "OMP_NUM_THREADS")
+    saved = {k: os.environ.get(k) for k in names}
     os.environ["SLURM_CONF"] = str(cluster.conf)
+    os.environ["PATH"] = cluster.env["PATH"]
     os.environ["OMP_NUM_THREADS"] = "1"  # jobs inherit it: one thread per task on the 2-core node
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), saved["PYTHONPATH"]) if p)
     try:
@@ -83,6 +94,27 @@ def slurm_cluster(slurm_tmp):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def slurm_2node(slurm_tmp, request):
+    """A running 2-node cluster (node[01-02], one network namespace each), started once per module.
+
+    Clients called by name (sbatch through submitit, squeue, scontrol) find the cluster's wrappers
+    first on PATH, which run them inside the cluster's namespaces.
+    """
+    why = missing_requirements(accounting=True, nodes=2)
+    if why:
+        unavailable(why)
+    cluster = LocalSlurm(slurm_tmp / f"cluster-2node-{request.module.__name__.rsplit('.', 1)[-1]}", nodes=2)
+    try:
+        cluster.start()
+    except SlurmUnavailable as e:
+        unavailable(str(e))
+    try:
+        with _exported(cluster):
+            yield cluster
+    finally:
         cluster.stop()
 
 

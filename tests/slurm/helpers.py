@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from personvit.checkpoint import load_checkpoint, resolve_checkpoint_path
 from slurm.restarts import read_events
+
+
+def unavailable(reason: str) -> None:
+    """Skip with the reason why Slurm (or namespaces) cannot run here; under CI=true, fail instead."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"local Slurm unavailable under CI: {reason}", pytrace=False)
+    pytest.skip(f"local Slurm unavailable: {reason}")
 
 
 def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 90.0, every: float = 0.2) -> Any:
@@ -33,6 +44,14 @@ def last_step(run_dir: Path) -> int:
         except (ValueError, KeyError):
             continue
     return 0
+
+
+def checkpoint_step(run_dir: Path) -> int:
+    """Step of the run's latest complete checkpoint (-1 when none yet)."""
+    try:
+        return load_checkpoint(resolve_checkpoint_path(run_dir))["step"]
+    except Exception:  # noqa: BLE001 - none yet, or one being written
+        return -1
 
 
 def starts(run_dir: Path) -> int:

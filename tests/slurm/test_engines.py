@@ -13,7 +13,7 @@ from personvit.checkpoint import compare_checkpoints, load_checkpoint, resolve_c
 from slurm.restarts import read_events, restart_history
 from slurm.submit import submit_training
 from slurm.sweep import collect, submit_sweep
-from tests.slurm.helpers import starts, task_pids, wait_for
+from tests.slurm.helpers import checkpoint_step, starts, task_pids, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slurm
@@ -23,13 +23,6 @@ TINY_PRETRAIN = ["train.epochs=3", "data.batch_size_per_rank=8", "data.n_local=2
                  "model.head.out_dim=256", "model.head.patch_out_dim=256", "checkpoint.every_steps=4",
                  "checkpoint.keep_every_epochs=1"]
 TINY_FINETUNE = ["train.epochs=1", "model.depth=2", "train.num_ids=4", "train.num_instances=4"]
-
-
-def _ckpt_step(run_dir: Path) -> int:
-    try:
-        return load_checkpoint(resolve_checkpoint_path(run_dir))["step"]
-    except Exception:  # noqa: BLE001 - none yet
-        return -1
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +36,8 @@ def pretrained(slurm_cluster, synth_shards, slurm_tmp):
     job, run_dir = requeued.jobs[0], requeued.run_dirs()[0]
     for attempt in range(1, 4):
         wait_for(f"attempt {attempt} running", lambda a=attempt: starts(run_dir) == a, timeout=120)
-        floor = max(_ckpt_step(run_dir), 0)
-        wait_for(f"attempt {attempt} past a new checkpoint", lambda f=floor: _ckpt_step(run_dir) > f, timeout=120)
+        floor = max(checkpoint_step(run_dir), 0)
+        wait_for(f"attempt {attempt} past a new checkpoint", lambda f=floor: checkpoint_step(run_dir) > f, timeout=120)
         slurm_cluster.run("scontrol", "requeue", job.job_id)
         # submitit ignores the requeue's SIGTERM, so the task would train on until SIGKILL (KillWait)
         # and, on an idle machine, finish before the third requeue: kill it now, as a node loss would.

@@ -43,13 +43,6 @@ def _submit(tmp_path, recipe, *overrides):
     return sub.jobs[0], sub.run_dirs()[0]
 
 
-def _ckpt_step(run_dir: Path) -> int:
-    try:
-        return load_checkpoint(resolve_checkpoint_path(run_dir))["step"]
-    except Exception:  # noqa: BLE001 - none yet
-        return -1
-
-
 def _model_equal(a: Path, b: Path) -> None:
     pa, pb = load_checkpoint(resolve_checkpoint_path(a)), load_checkpoint(resolve_checkpoint_path(b))
     assert pa["step"] == pb["step"]
