@@ -1,15 +1,24 @@
-"""One writer per run folder: an exclusive `flock` on `<run dir>/.lock`, held while the run lives.
+"""One writer per run folder: an exclusive POSIX lock on `<run dir>/.lock`, held while the run lives.
 
 The kernel drops the lock when the holder dies, however it dies (SIGKILL, OOM, node reboot for a
 local disk), so there is never a stale lock to clean up by hand. The holder writes who it is (pid,
 host, Slurm job id, start time) into the file, and a second process that finds it locked exits with
-one line naming the holder. Forked children (DataLoader workers) share the lock until they exit.
+one line naming the holder.
 
-Filesystems without working `flock` (NFS mounted with `nolock` fails it with ENOLCK on some
-kernels; `lockd` down gives ENOLCK too): the run warns that the folder is not protected and goes on,
+Why a POSIX record lock (`lockf`, F_SETLK) and not `flock`: a `flock` belongs to the open file
+description, which forked children (DataLoader workers, pack pools) share, so after a SIGKILL of the
+trainer its orphaned workers kept the folder locked for seconds and the immediate rerun was refused.
+A POSIX lock belongs to the process alone and is not inherited by `fork`. Its one trap, that closing
+*any* descriptor of the file in the holder drops the lock (and that the holder itself may lock again),
+is avoided by a registry of the folders this process holds: a second `acquire` in the same process is
+refused before it opens the file.
+POSIX locks are also what NFS (lockd / NFSv4) and Lustre (`-o flock` or `localflock`) implement.
+
+Filesystems without working locks (NFS mounted with `nolock` fails with ENOLCK on some kernels;
+`lockd` down gives ENOLCK too): the run warns that the folder is not protected and goes on,
 because refusing would stop every run on such clusters while two writers on one folder is a rare
-user mistake. (Linux emulates `flock` over NFS with POSIX locks, so with lock support it works
-across nodes; with `nolock` it only excludes writers on the same node.)
+user mistake. (With `nolock` the kernel may lock locally only: writers on one node are excluded,
+writers on other nodes are not.)
 """
 
 from __future__ import annotations
@@ -30,7 +39,10 @@ LOCK_NAME = ".lock"
 
 log = get_logger(__name__)
 
-# flock errors that mean "this filesystem cannot lock", not "someone holds it".
+# (st_dev, st_ino) of the lock files this process holds: POSIX locks never conflict within a process.
+_HELD: set[tuple[int, int]] = set()
+
+# Lock errors that mean "this filesystem cannot lock", not "someone holds it".
 _NO_LOCKING = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
@@ -62,10 +74,13 @@ class RunLock:
             RunLockedError: another live process holds it.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and _identity(self.path) in _HELD:
+            raise RunLockedError(f"{self.run_dir} is in use by this process (pid {os.getpid()}); one process "
+                                 "(job) writes a run folder at a time")
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):  # F_SETLK reports a held lock as EAGAIN or EACCES
             holder = _describe(os.pread(fd, 4096, 0))
             os.close(fd)
             raise RunLockedError(
@@ -76,11 +91,12 @@ class RunLock:
             if e.errno not in _NO_LOCKING:
                 os.close(fd)
                 raise
-            log.warning("cannot lock %s (%s): this filesystem has no flock support, so nothing stops a "
+            log.warning("cannot lock %s (%s): this filesystem has no lock support, so nothing stops a "
                         "second run from writing the same folder", self.path, e.strerror)
         else:
             self.enforced = True
         self._fd = fd
+        _HELD.add(_identity(self.path))
         self._previous = os.pread(fd, 1 << 16, 0)
         self._write(self._holder_record())
 
@@ -100,11 +116,17 @@ class RunLock:
         return (json.dumps(info) + "\n").encode()
 
     def release(self) -> None:
-        """Drop the lock (closing the descriptor is what releases a flock)."""
+        """Drop the lock (closing the descriptor releases it)."""
         if self._fd is not None:
+            _HELD.discard(_identity(self.path))
             os.close(self._fd)
             self._fd = None
             self.enforced = False
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 def _slurm_job_id() -> str | None:

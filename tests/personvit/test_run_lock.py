@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -68,9 +69,42 @@ def test_restore_puts_back_the_previous_record(tmp_path):
 def test_release_lets_the_same_process_lock_again(tmp_path):
     a = RunLock(tmp_path)
     a.acquire()
-    with pytest.raises(RunLockedError):  # flock is per open file: even this process is refused
+    with pytest.raises(RunLockedError):  # a second holder in the same process is refused too
         RunLock(tmp_path).acquire()
     a.release()
     b = RunLock(tmp_path)
     b.acquire()
     b.release()
+
+
+HOLD_WITH_CHILD = textwrap.dedent("""
+    import os, sys, time
+    from personvit.run_lock import RunLock
+    lock = RunLock(sys.argv[1])
+    lock.acquire()
+    child = os.fork()  # like a DataLoader worker: it outlives a SIGKILLed parent for a while
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+    print(child, flush=True)
+    time.sleep(120)
+""")
+
+
+def test_forked_child_of_a_killed_holder_does_not_keep_the_lock(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_WITH_CHILD, str(tmp_path)], stdout=subprocess.PIPE,
+                            text=True)
+    child = int(proc.stdout.readline())
+    try:
+        with pytest.raises(RunLockedError):
+            RunLock(tmp_path).acquire()
+        proc.kill()
+        proc.wait(timeout=30)
+        os.kill(child, 0)  # the child is still alive: only the holder's death may free the folder
+        lock = RunLock(tmp_path)
+        lock.acquire()
+        lock.release()
+    finally:
+        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
