@@ -22,7 +22,8 @@ from torch import nn
 from personvit.config.finetune import ReIDDataConfig
 from personvit.config.pretrain import KnnMonitorConfig
 from personvit.data.photometric import IMAGENET_MEAN, IMAGENET_STD
-from personvit.data.reid import read_reid_split
+from personvit.data.reid import ReIDSplit, read_reid_split
+from personvit.data.shards import ShardError
 from personvit.distributed import barrier
 from personvit.engine.evaluate import EvaluationError, embed_split
 from personvit.evaluation import evaluate_rank, pairwise_distance
@@ -43,6 +44,11 @@ def retrieval_scores(q_feats: torch.Tensor, g_feats: torch.Tensor, q_pids, g_pid
     distmat = pairwise_distance(q_feats, g_feats, metric="euclidean").numpy()
     result = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=1)
     return {"map": float(result["mAP"]), "rank1": float(result["cmc"][0])}
+
+
+def has_true_match(query: ReIDSplit, gallery: ReIDSplit) -> bool:
+    """Whether some query has a gallery image of its person from another camera (the protocol's match)."""
+    return any(bool(((gallery.pids == p) & (gallery.camids != c)).any()) for p, c in zip(query.pids, query.camids))
 
 
 @contextmanager
@@ -82,6 +88,10 @@ class KnnMonitor:
             # Read up front on every rank (small sets): a bad shard set fails every rank before training.
             self.query = read_reid_split(cfg.shards, cfg.query_split)
             self.gallery = read_reid_split(cfg.shards, cfg.gallery_split)
+            if not has_true_match(self.query, self.gallery):
+                # Found here, not at the first epoch end hours later.
+                raise ShardError(f"monitor.shards {cfg.shards}: no {cfg.query_split} image has a same-person "
+                                 f"{cfg.gallery_split} image from another camera; nothing to retrieve")
             log.info("kNN monitor: %s, %d query / %d gallery images, every %d epochs", cfg.shards,
                      len(self.query), len(self.gallery), cfg.every_epochs)
 

@@ -20,6 +20,7 @@ from personvit import preemption  # noqa: E402
 from personvit.checkpoint import compare_checkpoints  # noqa: E402
 from personvit.config.core import ConfigError, load_config  # noqa: E402
 from personvit.config.pretrain import KnnMonitorConfig, PretrainConfig  # noqa: E402
+from personvit.data.shards import ShardError  # noqa: E402
 from personvit.engine.knn_monitor import KnnMonitor, token_features  # noqa: E402
 from personvit.engine.pretrain import run  # noqa: E402
 from personvit.models import build_vit  # noqa: E402
@@ -110,6 +111,12 @@ def test_due_epochs_include_the_last(market):
     cfg = KnnMonitorConfig(every_epochs=4, shards=str(market))
     monitor = KnnMonitor(cfg, (64, 32), 10, torch.device("cpu"), None, is_main=False)
     assert [e for e in range(10) if monitor.due(e)] == [3, 7, 9]
+
+
+def test_a_set_with_nothing_to_retrieve_fails_before_training(market, tmp_path):
+    cfg = KnnMonitorConfig(every_epochs=1, shards=str(market), gallery_split="query")  # query vs itself
+    with pytest.raises(ShardError, match="nothing to retrieve"):
+        KnnMonitor(cfg, (64, 32), 1, torch.device("cpu"), None, is_main=True)
 
 
 @pytest.mark.parametrize(("overrides", "culprit"), [
