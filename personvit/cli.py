@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("personvit.engine.export", "export features (.npz) or the backbone (ONNX)"),
     "visualize": ("personvit.viz.cli", "attention maps, patch clusters, correspondences, ranked lists"),
     "ckpt": ("personvit.checkpoint_cli", "inspect (info) or compare checkpoints bitwise (compare A B)"),
+    "report": ("personvit.report.cli", "PNG curves + summary.md of a pretraining run or a fine-tuning sweep folder"),
 }
 
 

@@ -128,9 +128,18 @@ def ckpt() -> argparse.ArgumentParser:
     return p
 
 
+def report() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="personvit report",
+                                description="PNG curves and a markdown summary: training curves of a pretraining "
+                                            "run folder, or mAP / Rank-1 vs pretraining epoch of a sweep folder")
+    p.add_argument("folder", help="a pretraining run folder (metrics.jsonl) or a sweep folder (sweep.json)")
+    p.add_argument("--out", default=None, help="output folder (default FOLDER/report)")
+    return p
+
+
 PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
     "pretrain": pretrain, "finetune": finetune, "evaluate": evaluate, "export": export,
-    "visualize": visualize, "ckpt": ckpt,
+    "visualize": visualize, "ckpt": ckpt, "report": report,
 }
 
 

@@ -171,6 +171,13 @@ def make_data(out: Path, size: DemoSize) -> dict[str, Path]:
     return {"market": market, "luperson": lup}
 
 
+def pretrain_report(pre_dir: Path) -> None:
+    from personvit.report.cli import report as write_report
+
+    files = write_report(pre_dir)
+    print(f"   {len(files)} files in {files[-1].parent}", flush=True)
+
+
 def verify_data(shards: dict[str, Path]) -> None:
     from shard_tools.verify import verify
 
@@ -255,6 +262,9 @@ def run_demo(out: Path, size_name: str, seeds: int, executor_wanted: str) -> dic
             f"data.num_workers={size.loader_workers}",
             "run.log_every_steps=2",
             "checkpoint.keep_every_epochs=0",
+            # The kNN monitor on the labeled set's query/gallery (its labels never reach training).
+            f"monitor.shards={shards['market']}",
+            f"monitor.every_epochs={max(1, size.pretrain_epochs // 4)}",
             *PRETRAIN_AUG,
         ]
         os.environ["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
@@ -265,6 +275,7 @@ def run_demo(out: Path, size_name: str, seeds: int, executor_wanted: str) -> dic
             [TrainJob("pretrain", str(PRETRAIN_CFG), pre_over, run_dir=str(pre_dir), max_requeues=0)],
         )
         stages.run("pretraining (1 job)", wait_jobs, stages, pre_jobs, [pre_dir])
+        stages.run("pretraining curves (personvit report)", pretrain_report, pre_dir)
         losses = report.loss_first_last(
             pre_dir / "metrics.jsonl", keys=("loss", "dino", "mim", "teacher_entropy", "teacher_mean_entropy")
         )

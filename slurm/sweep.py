@@ -20,13 +20,11 @@ from typing import Any
 
 from personvit.checkpoint import CheckpointManager
 from personvit.config.core import ConfigError
+from personvit.report.sweep_table import METRICS, PLAN_NAME, markdown_table, read_sweep
 from slurm.jobs import ENTRY_POINTS, TrainJob
 from slurm.launch import Submission, absolute_folder, render_sbatch, submit
 from slurm.profiles import load_profile
 from slurm.submit import resolve_recipe, split_overrides
-
-PLAN_NAME = "sweep.json"
-METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP")
 
 
 @dataclass(frozen=True)
@@ -148,47 +146,17 @@ def collect(sweep_dir: str | Path, out=None) -> list[dict[str, Any]]:
     """
     out = out or sys.stdout
     sweep_dir = Path(sweep_dir)
-    plan_path = sweep_dir / PLAN_NAME
-    if not plan_path.is_file():
-        raise ConfigError(f"{sweep_dir} is not a sweep folder (no {PLAN_NAME})")
-    plan = json.loads(plan_path.read_text())
-    run_dirs = plan.get("run_dirs") or [str(sweep_dir / f"{plan.get('array_job_id')}_{t['index']}") for t in plan["tasks"]]
-    rows = []
-    for task, run_dir in zip(plan["tasks"], run_dirs):
-        result_path = Path(run_dir) / "results.json"
-        results = json.loads(result_path.read_text()) if result_path.is_file() else {}
-        row = {"task": task["index"], "checkpoint": Path(task["checkpoint"]).name, "epoch": task["epoch"],
-               "dataset": _dataset_name(task["dataset"]), "status": "done" if results else "missing"}
-        row.update({m: results.get(m) for m in METRICS})
-        row["run_dir"] = run_dir
-        rows.append(row)
+    rows = read_sweep(sweep_dir)
     columns = ["task", "checkpoint", "epoch", "dataset", *METRICS, "status", "run_dir"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
     (sweep_dir / "results.csv").write_text(buf.getvalue())
-    md = _markdown(rows, columns[:-1])
+    md = markdown_table(rows, columns[:-1])
     (sweep_dir / "results.md").write_text(md + "\n")
     print(md, file=out)
     missing = sum(r["status"] == "missing" for r in rows)
     print(f"\n{len(rows) - missing}/{len(rows)} tasks with results; table in {sweep_dir}/results.md, "
           f"{sweep_dir}/results.csv", file=out)
     return rows
-
-
-def _dataset_name(path: str) -> str:
-    p = Path(path)
-    return p.parent.name if p.name == "shards" else p.name
-
-
-def _markdown(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    def cell(v: Any, col: str) -> str:
-        if v is None:
-            return "-"
-        return f"{100 * v:.1f}" if col in METRICS else str(v)
-
-    head = [c + (" (%)" if c in METRICS else "") for c in columns]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(cell(r[c], c) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)

@@ -76,6 +76,10 @@ def test_pretraining_checkpoint_and_losses(demo):
     assert state["step"] > 0
     rows = [json.loads(x) for x in (out / "pretrain" / "metrics.jsonl").read_text().splitlines() if x.strip()]
     assert len([r for r in rows if "loss" in r]) >= 2  # first and last differ in time
+    # The kNN monitor is on in the demo: the last epoch always gets its figures; `personvit report` ran.
+    knn = [r for r in rows if "knn_cls_map" in r]
+    assert knn and all(0.0 <= r["knn_patch_rank1"] <= 1.0 for r in knn)
+    assert (out / "pretrain" / "report" / "knn.png").is_file() and (out / "pretrain" / "report" / "summary.md").is_file()
 
 
 def test_finetune_results_for_both_starts_and_every_seed(demo):

@@ -2,7 +2,7 @@
 
 Defaults are the paper's ViT-S/16 recipe on LUPerson; `configs/pretrain/*.yaml` state only what
 differs. Sections: `run`, `data` (the loader's, personvit/config/data.py), `model` (backbone + head),
-`loss`, `optim`, `train`, `checkpoint`, `dist`.
+`loss`, `optim`, `train`, `checkpoint`, `dist`, `monitor` (the kNN retrieval monitor, off by default).
 """
 
 from __future__ import annotations
@@ -193,6 +193,41 @@ class PretrainTrainConfig:
 
 
 @dataclass
+class KnnMonitorConfig:
+    """Retrieval of the teacher's backbone features on a small labeled set during pretraining.
+
+    The DINO/iBOT habit of watching kNN accuracy: CLS and mean-patch features of the query and
+    gallery splits, L2-normalised, ranked by Euclidean distance; mAP and Rank-1 go to metrics.jsonl.
+    It runs on rank 0 only, draws no random numbers of the training stream and leaves the model's
+    mode as it was, so a run ends bitwise equal with the monitor on or off.
+
+    Attributes:
+        every_epochs: evaluate after every N-th epoch and after the last one (0 = off).
+        shards: labeled shard set with the query and gallery splits (as fine-tuning data).
+        query_split, gallery_split: split names in its manifest.
+        img_size: (H, W) input; None = `data.global_size` (the teacher's training resolution).
+        batch_size: images per forward pass.
+    """
+
+    every_epochs: int = 0
+    shards: str = ""
+    query_split: str = "query"
+    gallery_split: str = "gallery"
+    img_size: tuple[int, int] | None = None
+    batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        if self.every_epochs < 0 or self.batch_size < 1:
+            raise ValueError(
+                f"every_epochs must be >= 0 and batch_size >= 1, got {self.every_epochs}/{self.batch_size}"
+            )
+        if self.every_epochs and not self.shards:
+            raise ValueError("every_epochs > 0 needs shards (a labeled shard set with query/gallery splits)")
+        if self.img_size is not None and min(self.img_size) <= 0:
+            raise ValueError(f"img_size must be positive, got {list(self.img_size)}")
+
+
+@dataclass
 class PretrainConfig:
     """`personvit pretrain` configuration: every key of the recipe."""
 
@@ -204,9 +239,15 @@ class PretrainConfig:
     train: PretrainTrainConfig = field(default_factory=PretrainTrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(keep_every_epochs=20))
     dist: DistConfig = field(default_factory=DistConfig)
+    monitor: KnnMonitorConfig = field(default_factory=KnnMonitorConfig)
 
     def __post_init__(self) -> None:
         # Cross-section checks: a mismatch here would only surface as a shape error mid-step.
+        size = self.monitor.img_size or self.data.global_size
+        if any(v % self.model.patch_size for v in size):
+            raise ValueError(
+                f"monitor.img_size {list(size)} is not a multiple of model.patch_size {self.model.patch_size}"
+            )
         if self.model.patch_size != self.data.patch_size:
             raise ValueError(
                 f"model.patch_size {self.model.patch_size} != data.patch_size {self.data.patch_size} "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,37 @@ def amp_settings(device: torch.device, mode: str) -> tuple[torch.dtype | None, b
 
 
 @torch.no_grad()
+def embed_split(embed: Callable[[torch.Tensor], torch.Tensor], dim: int, split: ReIDSplit, data: ReIDDataConfig,
+                batch_size: int, device: torch.device, amp_dtype: torch.dtype | None = None,
+                progress: bool = True) -> torch.Tensor:
+    """`embed` (images -> [B, dim] features) over every image of a split, in split order, un-normalised.
+
+    Args:
+        embed: feature function; runs under no_grad and the given autocast.
+        dim: feature size.
+        split: the images.
+        data: input size, normalisation and loader workers.
+        batch_size: images per forward pass.
+        device: where `embed` runs.
+        amp_dtype: autocast dtype (None = full precision).
+        progress: show progress.
+    Returns:
+        [N, dim] float32 CPU tensor.
+    """
+    dataset = ReIDTestDataset(split, EvalTransform(data.img_size, data.mean, data.std))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         num_workers=min(data.num_workers, os.cpu_count() or 1),
+                                         pin_memory=device.type == "cuda")
+    out = torch.empty(len(split), dim, dtype=torch.float32)
+    with ProgressReporter(len(split), f"features {split.name}", enabled=progress) as bar:
+        for images, index in loader:
+            images = images.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                out[index] = embed(images).float().cpu()
+            bar.advance(images.shape[0])
+    return out
+
+
 def extract_features(model: ReIDModel, split: ReIDSplit, data: ReIDDataConfig, batch_size: int, flip: bool,
                      device: torch.device, amp_dtype: torch.dtype | None = None, progress: bool = True) -> torch.Tensor:
     """L2-normalised pre-BN CLS features of every image of a split, in split order.
@@ -75,21 +106,13 @@ def extract_features(model: ReIDModel, split: ReIDSplit, data: ReIDDataConfig, b
         [N, D] float32 CPU tensor.
     """
     model.eval()
-    dataset = ReIDTestDataset(split, EvalTransform(data.img_size, data.mean, data.std))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                         num_workers=min(data.num_workers, os.cpu_count() or 1),
-                                         pin_memory=device.type == "cuda")
-    out = torch.empty(len(split), model.backbone.embed_dim, dtype=torch.float32)
-    with ProgressReporter(len(split), f"features {split.name}", enabled=progress) as bar:
-        for images, index in loader:
-            images = images.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                feat = model.features(images).float()
-                if flip:
-                    feat = feat + model.features(images.flip(3)).float()
-            out[index] = F.normalize(feat, dim=1).cpu()
-            bar.advance(images.shape[0])
-    return out
+
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        feat = model.features(images).float()
+        return feat + model.features(images.flip(3)).float() if flip else feat
+
+    feats = embed_split(embed, model.backbone.embed_dim, split, data, batch_size, device, amp_dtype, progress)
+    return F.normalize(feats, dim=1)
 
 
 def rank_features(q_feats: torch.Tensor, g_feats: torch.Tensor, query: ReIDSplit, gallery: ReIDSplit,

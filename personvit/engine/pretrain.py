@@ -35,6 +35,7 @@ from personvit.data.shards import ShardError
 from personvit.distributed import DistInfo, all_reduce_sum_, barrier, init_distributed, is_dist, shutdown
 from personvit.engine.errors import NonFiniteLossError
 from personvit.engine.grad_sync import FlatGradReducer
+from personvit.engine.knn_monitor import KnnMonitor
 from personvit.engine.optim import apply_schedule, build_adamw, cancel_last_layer_grads, clip_grad_per_tensor_
 from personvit.engine.schedules import pretrain_schedules
 from personvit.engine.ssl_model import build_student_teacher, ema_update_, init_backbone
@@ -256,6 +257,7 @@ def _train(cfg: PretrainConfig, dist_info: DistInfo, run_dir: Path) -> dict[str,
     autocast = (
         torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     )
+    monitor = KnnMonitor(cfg.monitor, cfg.data.global_size, cfg.train.epochs, device, amp_dtype, is_main)
 
     def non_finite(**terms: float) -> None:
         bad = ", ".join(f"{k}={v}" for k, v in terms.items() if not math.isfinite(v))
@@ -287,7 +289,10 @@ def _train(cfg: PretrainConfig, dist_info: DistInfo, run_dir: Path) -> dict[str,
                 )
                 step += 1
                 window.steps += 1
-                if step % cfg.run.log_every_steps == 0 or step == total_steps:
+                end_of_epoch = batch.index == niter - 1
+                # Before the epoch's checkpoint: a kill in between re-runs the epoch's tail, figures included.
+                knn = monitor.at_epoch_end(t.teacher.backbone, epoch) if end_of_epoch else {}
+                if step % cfg.run.log_every_steps == 0 or step == total_steps or knn:
                     metrics.log(
                         step=step,
                         epoch=epoch,
@@ -303,10 +308,10 @@ def _train(cfg: PretrainConfig, dist_info: DistInfo, run_dir: Path) -> dict[str,
                         teacher_mean_entropy=ent_mean,
                         **window.rates(cfg.data.batch_size_per_rank * world),
                         corrupt_skipped=t.loader.corrupt_skipped,
+                        **knn,
                     )
-                progress.advance(1, epoch=epoch, loss=last_loss, lr=lr)
+                progress.advance(1, epoch=epoch, loss=last_loss, lr=lr, **{k: v for k, v in knn.items() if "map" in k})
 
-                end_of_epoch = batch.index == niter - 1
                 nxt = (epoch + 1, 0) if end_of_epoch else (epoch, batch.index + 1)
                 periodic = cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0
                 if end_of_epoch or periodic:
