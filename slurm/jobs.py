@@ -82,13 +82,14 @@ class TrainJob(submitit.helpers.Checkpointable):
     """
 
     def __init__(self, kind: str, config: str, overrides: Sequence[str] = (), run_dir: str | None = None,
-                 entry: str | None = None, max_requeues: int = 3):
+                 entry: str | None = None, max_requeues: int = 3, allow_change: Sequence[str] = ()):
         self.kind = kind
         self.config = str(config)
         self.overrides = list(overrides)
         self.run_dir = run_dir
         self.entry = entry or ENTRY_POINTS[kind]
         self.max_requeues = max_requeues
+        self.allow_change = list(allow_change)
 
     def resolve_run_dir(self, env: submitit.JobEnvironment | None) -> Path:
         if self.run_dir:
@@ -98,7 +99,10 @@ class TrainJob(submitit.helpers.Checkpointable):
         return env.paths.folder  # submitit's folder with the job id (or array ids) filled in
 
     def argv(self, run_dir: Path) -> list[str]:
-        return [self.config, *self.overrides, f"run.dir={run_dir}"]
+        # --allow-change rides along on every start of the job: a requeue resumes the same config, which
+        # allowing a change does not alter, and the first start needs it to pass the resume contract.
+        allow = [f"--allow-change={','.join(self.allow_change)}"] if self.allow_change else []
+        return [self.config, *self.overrides, f"run.dir={run_dir}", *allow]
 
     def __call__(self) -> dict[str, Any]:
         env = _job_environment()

@@ -114,7 +114,7 @@ def run_folder(profile: ClusterProfile, kind: str, recipe: dict[str, Any]) -> Pa
 
 
 def submit_training(kind: str, config: str, overrides: Sequence[str], cluster: str, dry_run: bool = False,
-                    entry: str | None = None, out=None) -> Submission | None:
+                    entry: str | None = None, out=None, allow_change: Sequence[str] = ()) -> Submission | None:
     """Validate, render and submit one pretrain / finetune job.
 
     Args:
@@ -125,6 +125,7 @@ def submit_training(kind: str, config: str, overrides: Sequence[str], cluster: s
         dry_run: print the sbatch script and the resolved recipe; submit nothing.
         entry: `module:function` run in the job instead of the engine (tests, custom trainers);
             the recipe is then merged but not validated against the engine's schema.
+        allow_change: `--allow-change` values passed to the engine (keys a resume may change).
     Returns:
         The submission, or None on a dry run.
     """
@@ -152,7 +153,7 @@ def submit_training(kind: str, config: str, overrides: Sequence[str], cluster: s
     from slurm.jobs import ENTRY_POINTS, TrainJob  # imports torch: not for --help or a dry run
 
     job = TrainJob(kind, config, recipe_over, run_dir=None if "%" in str(folder) else str(folder),
-                   entry=entry or ENTRY_POINTS[kind], max_requeues=profile.max_requeues)
+                   entry=entry or ENTRY_POINTS[kind], max_requeues=profile.max_requeues, allow_change=allow_change)
     meta = {"kind": kind, "config": config, "overrides": list(overrides), "cluster": cluster}
     sub = submit(profile, folder, job_name, [job], setup, meta)
     print(f"submitted {kind} job {sub.job_id}: run folder {sub.run_dirs()[0]}", file=out)
@@ -194,6 +195,9 @@ def _parser() -> argparse.ArgumentParser:
     for kind in ("pretrain", "finetune"):
         p = sub.add_parser(kind, help=f"submit one {kind} job")
         p.add_argument("config", help="recipe YAML")
+        p.add_argument("--allow-change", dest="allow_change", action="append", default=None, metavar="KEYS",
+                       help="comma-separated config keys a resume of the run folder may change (as for "
+                            "`personvit pretrain`)")
         _common(p)
     p = sub.add_parser("sweep", help="fine-tune checkpoints x datasets as one job array, then tabulate")
     p.add_argument("config", help="fine-tuning recipe YAML")
@@ -243,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd in ("pretrain", "finetune"):
             sub = submit_training(args.cmd, args.config, args.overrides, args.cluster, args.dry_run,
-                                  entry=args.entry, out=out)
+                                  entry=args.entry, out=out, allow_change=args.allow_change or ())
             return _wait(sub, out) if sub is not None and args.wait else 0
         if args.cmd == "sweep":
             from slurm.sweep import submit_sweep

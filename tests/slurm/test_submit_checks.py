@@ -73,3 +73,17 @@ def test_help_does_not_import_torch(argv):
     out = help_run("slurm.submit", argv)
     assert out["code"] == 0 and not out["torch"], out
     assert "usage: personvit-submit" in out["stdout"]
+
+
+def test_allow_change_reaches_the_engine_parser_on_every_start(tmp_path):
+    from personvit import cli_args
+    from slurm.jobs import TrainJob
+    from slurm.submit import _parser
+
+    args = _parser().parse_args(["pretrain", "r.yaml", "--cluster", "local", "--allow-change", "run.seed",
+                                 "--allow-change", "optim.base_lr,loss.lambda2"])
+    job = TrainJob("pretrain", "r.yaml", ["train.epochs=2"], allow_change=args.allow_change)
+    engine = cli_args.parse("pretrain", job.argv(tmp_path / "run"))
+    assert engine.overrides == ["train.epochs=2", f"run.dir={tmp_path / 'run'}"]
+    assert engine.allow_change == ["run.seed,optim.base_lr,loss.lambda2"]
+    assert cli_args.parse("pretrain", TrainJob("pretrain", "r.yaml").argv(tmp_path)).allow_change is None
