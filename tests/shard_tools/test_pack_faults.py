@@ -8,12 +8,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from shard_tools.pack import pack
+from tests.support.waiting import wait_for
 
 
 def pack_cmd(src: Path, out: Path, *extra: str) -> list[str]:
@@ -80,14 +80,6 @@ def test_full_disk_is_one_line_then_a_rerun_with_space_finishes(lup, small_tmpfs
     assert tree_bytes_all(out) == tree_bytes_all(clean)
 
 
-def _wait_for(cond, timeout=60.0):
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ctrl_c_is_one_line_exit_130_and_a_rerun_resumes(lup, tmp_path, workers):
     # One input is a named pipe: the packer blocks on it mid-shard, after earlier shards are written.
@@ -102,8 +94,8 @@ def test_ctrl_c_is_one_line_exit_130_and_a_rerun_resumes(lup, tmp_path, workers)
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        _wait_for(lambda: any(out.glob(".train-000005.tar.tmp-*")))
-        _wait_for(lambda: len(list((out / ".pack" / "shards").glob("*.json"))) >= 2)
+        wait_for("a shard blocked mid-write", lambda: any(out.glob(".train-000005.tar.tmp-*")))
+        wait_for("two finished shards", lambda: len(list((out / ".pack" / "shards").glob("*.json"))) >= 2)
         os.killpg(proc.pid, signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     finally:

@@ -11,21 +11,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from shard_tools.manifest import merge
 from shard_tools.pack import pack
 from shard_tools.sources import SourceError
-
-
-def _wait_for(cond, timeout=60.0):
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.05)
+from tests.support.waiting import wait_for
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -42,8 +34,8 @@ def test_sigkill_then_rerun_equals_uninterrupted(tiny_synth, tmp_path, workers, 
            "--no-shuffle", "--workers", str(workers), "--quiet"]
     proc = subprocess.Popen(cmd, start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        _wait_for(lambda: any(out.glob(f".{'train-000005.tar'}.tmp-*")))  # blocked inside the pipe's shard
-        _wait_for(lambda: len(list((out / ".pack" / "shards").glob("*.json"))) >= 2)
+        wait_for("a shard blocked mid-write", lambda: any(out.glob(f".{'train-000005.tar'}.tmp-*")))  # blocked inside the pipe's shard
+        wait_for("two finished shards", lambda: len(list((out / ".pack" / "shards").glob("*.json"))) >= 2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -61,19 +61,7 @@ def slurm_available() -> None:
 @pytest.fixture(scope="session")
 def slurm_cluster(slurm_tmp):
     """A running single-node cluster; SLURM_CONF and PYTHONPATH exported for clients and jobs."""
-    why = missing_requirements(accounting=True)
-    if why:
-        unavailable(why)
-    cluster = LocalSlurm(slurm_tmp / "cluster", accounting=True)
-    try:
-        cluster.start()
-    except SlurmUnavailable as e:
-        unavailable(str(e))
-    try:
-        with _exported(cluster):
-            yield cluster
-    finally:
-        cluster.stop()
+    yield from _running(LocalSlurm(slurm_tmp / "cluster", accounting=True), nodes=1)
 
 
 @contextlib.contextmanager
@@ -103,10 +91,15 @@ def slurm_2node(slurm_tmp, request):
     Clients called by name (sbatch through submitit, squeue, scontrol) find the cluster's wrappers
     first on PATH, which run them inside the cluster's namespaces.
     """
-    why = missing_requirements(accounting=True, nodes=2)
+    yield from _running(LocalSlurm(slurm_tmp / f"cluster-2node-{request.module.__name__.rsplit('.', 1)[-1]}",
+                                   nodes=2), nodes=2)
+
+
+def _running(cluster: LocalSlurm, nodes: int):
+    """Start `cluster` (skip, or fail under CI, with the reason it cannot), yield it exported, stop it."""
+    why = missing_requirements(accounting=True, nodes=nodes)
     if why:
         unavailable(why)
-    cluster = LocalSlurm(slurm_tmp / f"cluster-2node-{request.module.__name__.rsplit('.', 1)[-1]}", nodes=2)
     try:
         cluster.start()
     except SlurmUnavailable as e:

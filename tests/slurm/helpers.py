@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from personvit.checkpoint import load_checkpoint, resolve_checkpoint_path
 from slurm.restarts import read_events
+from tests.support.waiting import wait_for
+
+__all__ = ["wait_for"]  # re-exported: the Slurm tests import it from here
 
 
 def unavailable(reason: str) -> None:
@@ -20,17 +20,6 @@ def unavailable(reason: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"local Slurm unavailable under CI: {reason}", pytrace=False)
     pytest.skip(f"local Slurm unavailable: {reason}")
-
-
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 90.0, every: float = 0.2) -> Any:
-    """Poll `predicate` until it returns something truthy; fail naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def last_step(run_dir: Path) -> int:
