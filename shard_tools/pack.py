@@ -204,9 +204,12 @@ def _write_shards(plan: Plan, mine: list[ShardPlan], todo: list[ShardPlan], src_
 
 
 def _remove_temps(out: Path, todo: list[ShardPlan]) -> None:
-    """Delete the temporaries of this task's unfinished shards (their writers are gone: stopped or failed)."""
+    """Delete the temporaries of this task's unfinished shards and of their journals (their writers are
+    gone: stopped or failed; a worker terminated on Ctrl-C may have been between the shard's rename and
+    the journal's)."""
     for shard in todo:
         remove_stale_temps(out / shard.name)
+        remove_stale_temps(journal_path(out, shard.name))
 
 
 def _run(todo: list[ShardPlan], source: Source, out: Path, decode_check: bool, fingerprint: str, workers: int):
