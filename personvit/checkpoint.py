@@ -283,12 +283,11 @@ class CheckpointManager:
             return f"truncated: {size} of {marker.get('bytes')} bytes"
         return None
 
-    def load_latest(self) -> dict[str, Any] | None:
-        """The newest loadable checkpoint's state plus `step` / `epoch`; None when there is none.
+    def newest_loadable(self) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
+        """(path, payload, why each newer file was unusable) of the checkpoint a resume would load.
 
-        A truncated, uncommitted or unloadable newest file is reported (a warning naming it and
-        why) and skipped: the previous complete checkpoint is used, so one bad write never costs
-        the whole run.
+        Path and payload are None when no checkpoint loads; the reasons name every truncated,
+        uncommitted or unloadable file newer than the one returned (all of them when none loads).
         """
         skipped: list[str] = []
         for path in self.candidates():
@@ -297,15 +296,26 @@ class CheckpointManager:
             except CheckpointError as e:
                 skipped.append(str(e))
                 continue
-            for reason in [*self.unusable_newer(path), *skipped]:
-                log.warning("skipping unusable checkpoint %s; resuming from %s", reason, path)
-            out = dict(payload["state"])
-            out["step"], out["epoch"] = payload["step"], payload["epoch"]
-            out["_path"] = str(path)
-            return out
-        for reason in [*self.unusable_newer(None), *skipped]:
-            log.warning("skipping unusable checkpoint %s; no usable checkpoint left, starting afresh", reason)
-        return None
+            return path, payload, [*self.unusable_newer(path), *skipped]
+        return None, None, [*self.unusable_newer(None), *skipped]
+
+    def load_latest(self) -> dict[str, Any] | None:
+        """The newest loadable checkpoint's state plus `step` / `epoch`; None when there is none.
+
+        A truncated, uncommitted or unloadable newest file is reported (a warning naming it and
+        why) and skipped: the previous complete checkpoint is used, so one bad write never costs
+        the whole run.
+        """
+        path, payload, skipped = self.newest_loadable()
+        then = f"resuming from {path}" if path is not None else "no usable checkpoint left, starting afresh"
+        for reason in skipped:
+            log.warning("skipping unusable checkpoint %s; %s", reason, then)
+        if payload is None:
+            return None
+        out = dict(payload["state"])
+        out["step"], out["epoch"] = payload["step"], payload["epoch"]
+        out["_path"] = str(path)
+        return out
 
     def latest_finite(self) -> Path | None:
         """The newest loadable checkpoint whose every floating-point tensor is finite (None if none).

@@ -9,7 +9,6 @@ import torch
 
 from personvit import cli_args
 from personvit.checkpoint import (
-    CheckpointError,
     CheckpointManager,
     compare_checkpoints,
     load_checkpoint,
@@ -42,15 +41,9 @@ def _resolve_with_fallback(path: Path) -> tuple[Path, dict[str, Any], list[str]]
     if path.is_file():
         return path, load_checkpoint(path), []
     folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    manager = CheckpointManager(folder, is_main=False)
-    skipped: list[str] = []
-    for candidate in manager.candidates():
-        try:
-            payload = load_checkpoint(candidate)
-        except CheckpointError as e:
-            skipped.append(str(e))
-            continue
-        return candidate, payload, [*manager.unusable_newer(candidate), *skipped]
+    found, payload, skipped = CheckpointManager(folder, is_main=False).newest_loadable()
+    if found is not None:
+        return found, payload, skipped
     p = resolve_checkpoint_path(path)  # raises the usual "no complete checkpoint" error
     return p, load_checkpoint(p), skipped
 
