@@ -17,10 +17,8 @@ bitwise-equal payloads (what `personvit ckpt compare` checks).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import re
 import struct
 import time
@@ -30,8 +28,8 @@ from typing import Any
 
 import torch
 
+from personvit.atomic_write import atomic_write
 from personvit.runlog import get_logger
-from personvit.write_errors import ErrorRecordingFile, reporting_write_errors
 
 FORMAT = "personvit-checkpoint"
 VERSION = 1
@@ -42,46 +40,6 @@ log = get_logger(__name__)
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the file and why."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_bytes(path: Path, writer) -> int:
-    """Write via `writer(fileobj)` to a temp name, fsync, rename over `path`; returns the size.
-
-    Raises:
-        WriteFailedError: the disk is full, over quota or failing; the temp file is removed and
-            whatever `path` held before is untouched.
-    """
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with reporting_write_errors(path):
-            raw = open(tmp, "wb")
-            f = ErrorRecordingFile(raw)
-            try:
-                writer(f)
-                raw.flush()
-                os.fsync(raw.fileno())
-                size = raw.tell()
-            except BaseException as e:
-                with contextlib.suppress(OSError):  # closing flushes again: a second ENOSPC
-                    raw.close()
-                if f.error is not None and f.error is not e:
-                    raise f.error from None  # torch.save's zip writer hides the cause behind its own
-                raise
-            raw.close()
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return size
 
 
 def _ckpt_name(step: int) -> str:
@@ -218,15 +176,15 @@ class CheckpointManager:
         # A re-save of the same step (e.g. preemption right after a periodic save): drop the marker
         # first so a crash in between cannot pair the old marker with a new, different file.
         self._marker(path).unlink(missing_ok=True)
-        size = _atomic_write_bytes(path, lambda f: torch.save(payload, f))
+        size = atomic_write(path, lambda f: torch.save(payload, f))
         marker = {"file": path.name, "bytes": size, "step": int(step), "epoch": int(epoch),
                   "end_of_epoch": bool(end_of_epoch), "keep": bool(keep_forever), "time": time.time()}
         try:
-            _atomic_write_bytes(self._marker(path), lambda f: f.write(json.dumps(marker).encode()))
+            atomic_write(self._marker(path), lambda f: f.write(json.dumps(marker).encode()))
         except BaseException:
             path.unlink(missing_ok=True)  # a payload without its marker would only be an orphan
             raise
-        _atomic_write_bytes(self.root / "latest", lambda f: f.write(path.name.encode()))
+        atomic_write(self.root / "latest", lambda f: f.write(path.name.encode()))
         self._prune()
         return path
 

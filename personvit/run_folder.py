@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from personvit import fingerprint as fp
+from personvit.atomic_write import atomic_write
 from personvit.checkpoint import CheckpointManager
 from personvit.config.core import ConfigError, config_to_dict
 from personvit.run_lock import RunLock, RunLockedError
@@ -129,15 +130,7 @@ def record_start(run_dir: Path, cfg: Any, fingerprint: dict[str, Any], changes: 
 
 
 def _atomic_yaml(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with reporting_write_errors(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w") as f:
-                yaml.safe_dump(data, f, sort_keys=False, default_flow_style=None)
-            tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
 
 
 class RunFolder:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from personvit.atomic_write import atomic_write
 from personvit.write_errors import reporting_write_errors
 
 _CONFIGURED = False
@@ -140,13 +141,7 @@ class MetricsLogger:
                     kept.append(line)
             except ValueError:
                 continue  # a line cut by a kill
-        tmp = self.path.with_suffix(".tmp")
-        try:
-            with reporting_write_errors(self.path):
-                tmp.write_text("".join(k + "\n" for k in kept))
-                tmp.replace(self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(self.path, "".join(k + "\n" for k in kept))
 
     def log(self, step: int, **metrics: Any) -> None:
         """Append `{"step": step, **metrics}`; floats that are not finite are written as strings."""

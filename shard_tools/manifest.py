@@ -1,17 +1,6 @@
 """The shard set's manifest, the per-shard journal that makes packing resumable, and their merge.
 
-A shard set is a folder of `{split}-NNNNNN.tar` files and `manifest.json`:
-
-    {"format": "personvit-shards/1", "tool": "shard_tools 0.1.0",
-     "source": "market1501", "source_root": "/abs/path", "options": {maxcount, fraction, ...},
-     "splits": {"train": {"samples", "bytes", "jpeg_bytes", "num_shards", "num_ids", "num_cams",
-                          "shards": [{"name", "samples", "bytes", "sha256"}, ...]}, ...},
-     "dropped": {"junk (pid -1)": 2, ...}, "num_skipped": 1,
-     "skipped": [{"split", "path", "reason"}, ...]}
-
-Each sample is two tar members `KEY.jpg` (the source bytes, unchanged) and `KEY.json`
-(`{"camid", "dataset", "path", "pid"}`, path relative to the source root; pid/camid -1 when
-unlabeled). `num_ids` counts pids >= 0 (Market distractors, pid 0, count as one id).
+The shard set's layout (file names, manifest fields, sample members) is `personvit.data.format`.
 
 While packing, every finished shard gets a journal entry `OUT/.pack/shards/<name>.json` (written
 after the shard's rename, atomically), and every task writes the same `OUT/.pack/plan.json`.
@@ -23,34 +12,20 @@ automatically at the end of any pack run (or array task) that finds the set comp
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from personvit.atomic_write import atomic_write
+from personvit.data.format import FORMAT, MANIFEST_NAME
 from shard_tools import __version__
 from shard_tools.sources.base import SourceError
 
-MANIFEST = "manifest.json"
+MANIFEST = MANIFEST_NAME
 STATE = ".pack"
-FORMAT = "personvit-shards/1"
 
 
 def atomic_write_json(path: Path, obj: dict) -> None:
-    """Write JSON to a temporary name, fsync, rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.uname().nodename}-{os.getpid()}")  # array tasks share the folder
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:  # a full disk: leave no temporary behind, and name the file (write() does not)
-        tmp.unlink(missing_ok=True)
-        raise OSError(e.errno, e.strerror, str(path)) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write JSON atomically (`personvit.atomic_write`); an OSError names `path`."""
+    atomic_write(path, json.dumps(obj, indent=1) + "\n", plain_oserror=True)
 
 
 def journal_path(out: Path, shard_name: str) -> Path:

@@ -15,11 +15,11 @@ import shutil
 from collections.abc import Collection
 from pathlib import Path
 
+from personvit.data.format import SHARD_NAME
 from shard_tools.manifest import MANIFEST, STATE
 from shard_tools.sources.base import SourceError
 
-SHARD_NAME = re.compile(r"^[a-z]+-\d{6}\.tar$")
-TEMP_NAME = re.compile(r"^\.(?P<final>.+)\.tmp-.+$")  # writer.temp_path / manifest.atomic_write_json
+TEMP_NAME = re.compile(r"^\.(?P<final>.+)\.tmp-.+$")  # personvit.atomic_write.temp_path
 MAX_NAMED = 5
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from personvit.data.format import shard_name
 from shard_tools.keys import duplicate_rows, key_hashes, resolve_key_collisions, sample_key, stable_hash
 from shard_tools.sources.base import Listing, Record, Skip, SourceError, load_name_list
 from shard_tools.sources.table import BATCH, SPLITS, RecordTable
@@ -78,7 +79,7 @@ class ShardPlan:
 
     @property
     def name(self) -> str:
-        return f"{self.split}-{self.index:06d}.tar"
+        return shard_name(self.split, self.index)
 
     def __len__(self) -> int:
         return len(self.rows)

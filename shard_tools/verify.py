@@ -11,10 +11,11 @@ from pathlib import Path
 
 from PIL import Image
 
+from personvit.data.format import IMAGE_EXT, META_EXT, META_KEYS, SAMPLE_EXTS
 from personvit.runlog import ProgressReporter
 from shard_tools.manifest import read_manifest
 
-JSON_KEYS = {"pid", "camid", "dataset", "path"}
+JSON_KEYS = META_KEYS
 
 
 def verify_shard(path: Path, samples: int, nbytes: int, sha256: str, decode: bool = True) -> str | None:
@@ -49,10 +50,10 @@ def verify_shard(path: Path, samples: int, nbytes: int, sha256: str, decode: boo
                 keys.setdefault(key, set()).add(ext)
                 data = tar.extractfile(m).read()
                 try:
-                    if ext == "jpg" and decode:
+                    if ext == IMAGE_EXT and decode:
                         with Image.open(io.BytesIO(data), formats=["JPEG"]) as im:
                             im.load()
-                    elif ext == "json":
+                    elif ext == META_EXT:
                         meta = json.loads(data)
                         if not JSON_KEYS <= meta.keys():
                             return f"{name}: {m.name} lacks {sorted(JSON_KEYS - meta.keys())}"
@@ -60,7 +61,7 @@ def verify_shard(path: Path, samples: int, nbytes: int, sha256: str, decode: boo
                     return f"{name}: {m.name} does not decode ({type(e).__name__}: {e})"
     except (tarfile.TarError, OSError) as e:
         return f"{name}: unreadable tar ({type(e).__name__}: {e})"
-    incomplete = [k for k, exts in keys.items() if exts != {"jpg", "json"}]
+    incomplete = [k for k, exts in keys.items() if exts != SAMPLE_EXTS]
     if incomplete:
         return f"{name}: sample {incomplete[0]} has members {sorted(keys[incomplete[0]])}, expected jpg + json"
     if len(keys) != samples:

@@ -14,6 +14,8 @@ import os
 import tarfile
 from pathlib import Path
 
+from personvit.atomic_write import fsync_dir, temp_path
+
 MTIME = 0  # fixed so that output bytes do not depend on when or where a shard was packed
 MODE = 0o644
 BLOCK = 512
@@ -53,11 +55,6 @@ def member_header(name: str, size: int) -> bytes:
     chksum = _TEMPLATE_SUM + sum(raw) + sum(size_field)  # both fields are zero in the template
     return b"".join((raw, _TEMPLATE[len(raw):124], size_field, _TEMPLATE[136:148], b"%06o\0 " % chksum,
                      _TEMPLATE[156:]))
-
-
-def temp_path(final: Path) -> Path:
-    """Where `final` is written before the rename: hidden, per host and process, same folder."""
-    return final.with_name(f".{final.name}.tmp-{os.uname().nodename}-{os.getpid()}")
 
 
 def remove_stale_temps(final: Path) -> int:
@@ -114,11 +111,7 @@ class ShardWriter:
         except OSError as e:
             raise OSError(e.errno, e.strerror, str(self.path)) from None
         os.replace(self.tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself must survive a crash
-        finally:
-            os.close(dir_fd)
+        fsync_dir(self.path.parent)  # the rename itself must survive a crash
         return self.bytes, self._sha.hexdigest()
 
     def __enter__(self) -> ShardWriter:

@@ -279,9 +279,6 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically: temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False, default_flow_style=None)
-    tmp.replace(path)
+    from personvit.atomic_write import atomic_write
+
+    atomic_write(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None))

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from personvit.data.format import FORMAT, IMAGE_EXT, MANIFEST_NAME, split_member_name
 from personvit.rng import Stream, numpy_rng
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "personvit-shards/1"  # shard_tools/manifest.py documents the layout
+MANIFEST_FORMAT = FORMAT
 
 
 class ShardError(ValueError):
@@ -157,17 +157,7 @@ class MemberRef:
     size: int
 
 
-def split_member_name(name: str) -> tuple[str, str]:
-    """(sample key, lower-case extension) of a tar member, as webdataset groups them.
-
-    The key is the member path up to the first dot of its basename: `a/b.jpg` -> (`a/b`, `jpg`).
-    """
-    d, _, base = name.rpartition("/")
-    stem, _, ext = base.partition(".")
-    return (f"{d}/{stem}" if d else stem), ext.lower()
-
-
-def index_tar(path: Path, ext: str = "jpg") -> list[MemberRef]:
+def index_tar(path: Path, ext: str = IMAGE_EXT) -> list[MemberRef]:
     """Sample index of a tar shard from its headers (data is seeked over, not read).
 
     Samples are grouped as webdataset does: key = member path up to the first dot of its basename,
@@ -198,7 +188,7 @@ class ShardReader:
         cache_size: open shards kept (a worker touches a few shards at a time).
     """
 
-    def __init__(self, shards: list[ShardInfo], ext: str = "jpg", cache_size: int = 8) -> None:
+    def __init__(self, shards: list[ShardInfo], ext: str = IMAGE_EXT, cache_size: int = 8) -> None:
         self.shards, self.ext, self.cache_size = shards, ext, cache_size
         self._open: OrderedDict[int, tuple[list[MemberRef], object]] = OrderedDict()
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from personvit import cli_args
+from personvit.atomic_write import atomic_write
 from personvit.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint_path
 from personvit.config.core import ConfigError, load_config
 from personvit.config.finetune import EvalOptions, EvaluateConfig, ReIDDataConfig, ReIDModelConfig
@@ -154,9 +155,7 @@ def summarize(result: dict[str, Any], num_query: int, num_gallery: int) -> dict[
 
 def write_json(path: Path, obj: dict[str, Any]) -> None:
     """Write JSON via a temporary file and a rename (a reader never sees half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(obj, indent=1) + "\n")
 
 
 def save_features(path: Path, q_feats: torch.Tensor, g_feats: torch.Tensor, query: ReIDSplit, gallery: ReIDSplit,
