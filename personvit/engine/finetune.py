@@ -38,6 +38,7 @@ from personvit.engine.evaluate import (
     model_arch,
 )
 from personvit.engine.grad_sync import FlatGradReducer
+from personvit.engine.optim import no_weight_decay_names
 from personvit.engine.schedules import cosine_schedule
 from personvit.losses.triplet import batch_hard_triplet_loss
 from personvit.models.loading import load_backbone
@@ -69,12 +70,15 @@ def epoch_lrs(lr: float, train: FinetuneTrainConfig) -> np.ndarray:
 def build_optimizer(model: ReIDModel, train: FinetuneTrainConfig, lr: float) -> torch.optim.SGD:
     """SGD with momentum; biases get `bias_lr_factor` x lr and their own weight decay.
 
-    Group 0 holds weights, group 1 biases; each group's `lr_factor` scales the epoch's lr.
+    Group 0 holds weights, group 1 biases; each group's `lr_factor` scales the epoch's lr. The biases
+    are the biases among `no_weight_decay_names` (pretraining's rule): BoT decays the 1-D norm scales
+    at the full weight decay, so they stay in group 0.
     """
+    skip = no_weight_decay_names(model)
     weights, biases = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (biases if name.endswith("bias") else weights).append(p)
+            (biases if name in skip and name.endswith("bias") else weights).append(p)
     groups = [
         {"params": weights, "weight_decay": train.weight_decay, "lr_factor": 1.0},
         {"params": biases, "weight_decay": train.weight_decay_bias, "lr_factor": train.bias_lr_factor},

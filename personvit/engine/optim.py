@@ -1,7 +1,10 @@
 """AdamW with iBOT's parameter groups, per-step schedule values, per-tensor clipping, frozen last layer.
 
-Weight decay applies to weight matrices only: biases and 1-D tensors (LayerNorm scales) go to a
-group whose decay stays 0 whatever the schedule says (iBOT `get_params_groups`).
+Which parameters weight decay skips is the model's answer, timm's convention: a module with a
+`no_weight_decay()` method names its own (the ViT does); parameters of modules without one follow
+iBOT's `get_params_groups` rule, biases and 1-D tensors. `no_weight_decay_names` is that one rule for
+both trainers: pretraining puts those parameters in a group whose decay stays 0 whatever the schedule
+says; fine-tuning (BoT) gives the biases among them their own decay and lr factor.
 """
 
 from __future__ import annotations
@@ -16,25 +19,50 @@ __all__ = [
     "build_adamw",
     "cancel_last_layer_grads",
     "clip_grad_per_tensor_",
+    "no_weight_decay_names",
     "param_groups",
 ]
 
 DECAY, NO_DECAY = "decay", "no_decay"
 
 
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Full names of `model`'s parameters that get no (or, in fine-tuning, their own) weight decay.
+
+    Args:
+        model: any module; submodules with a `no_weight_decay()` method (timm's hook) answer for their
+            own parameters, the rest follow the default rule (biases and 1-D tensors).
+    """
+    names: set[str] = set()
+    owned: set[str] = set()
+    for prefix, module in model.named_modules():
+        hook = getattr(module, "no_weight_decay", None)
+        if not callable(hook):
+            continue
+        dot = f"{prefix}." if prefix else ""
+        owned.update(dot + n for n, _ in module.named_parameters())
+        names.update(dot + n for n in hook())
+    for name, p in model.named_parameters():
+        if name not in owned and (name.endswith(".bias") or p.ndim == 1):
+            names.add(name)
+    return names
+
+
 def param_groups(model: nn.Module) -> list[dict]:
-    """Trainable parameters split into a decayed group and a non-decayed one.
+    """Trainable parameters split into a decayed group and a non-decayed one (`no_weight_decay_names`).
 
     Args:
         model: the student (wrapper of backbone + head).
     Returns:
-        `[{"name": "decay", "params": [...]}, {"name": "no_decay", "params": [...], "weight_decay": 0.0}]`.
+        `[{"name": "decay", "params": [...]}, {"name": "no_decay", "params": [...], "weight_decay": 0.0}]`,
+        each in `named_parameters()` order (the optimizer state's indices depend on it).
     """
+    skip = no_weight_decay_names(model)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if name.endswith(".bias") or p.ndim == 1 else decay).append(p)
+        (no_decay if name in skip else decay).append(p)
     return [
         {"name": DECAY, "params": decay},
         {"name": NO_DECAY, "params": no_decay, "weight_decay": 0.0},

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from personvit import cli_args, preemption
 from personvit.checkpoint import CheckpointError, CheckpointManager
@@ -32,14 +31,13 @@ from personvit.config.core import load_config
 from personvit.config.pretrain import PretrainConfig
 from personvit.data.pretrain_loader import CorruptDataError, PretrainLoader
 from personvit.data.shards import ShardError
-from personvit.distributed import DistInfo, all_reduce_sum_, barrier, init_distributed, is_dist, shutdown
+from personvit.distributed import DistInfo, barrier, init_distributed, is_dist, shutdown
 from personvit.engine.errors import NonFiniteLossError
 from personvit.engine.grad_sync import FlatGradReducer
 from personvit.engine.knn_monitor import KnnMonitor
-from personvit.engine.optim import apply_schedule, build_adamw, cancel_last_layer_grads, clip_grad_per_tensor_
-from personvit.engine.schedules import pretrain_schedules
-from personvit.engine.ssl_model import build_student_teacher, ema_update_, init_backbone
-from personvit.losses import DINOMIMLoss, teacher_entropies
+from personvit.engine.optim import apply_schedule, cancel_last_layer_grads, clip_grad_per_tensor_
+from personvit.engine.schedules import PretrainSchedules
+from personvit.engine.ssl_meta_arch import PersonViTSSL
 from personvit.rng import seed_step
 from personvit.run_folder import open_run_folder, reporting_interrupts
 from personvit.runlog import MetricsLogger, ProgressReporter, get_logger
@@ -68,10 +66,8 @@ def _layout(cfg: PretrainConfig, world_size: int, batches_per_epoch: int) -> dic
 class _Training:
     """What a step mutates, hence what a checkpoint holds (plus the loader position)."""
 
-    student: nn.Module
-    teacher: nn.Module
+    ssl: PersonViTSSL  # student, teacher, loss (with its centres)
     grad_reducer: FlatGradReducer | None  # averages the student's gradients over ranks (world size > 1)
-    loss_fn: DINOMIMLoss
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     loader: PretrainLoader
@@ -79,9 +75,9 @@ class _Training:
 
     def state(self, next_epoch: int, next_batch: int) -> dict[str, Any]:
         return {
-            "student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
+            "student": self.ssl.student.state_dict(), "teacher": self.ssl.teacher.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-            "loss": self.loss_fn.state_dict(),
+            "loss": self.ssl.loss_fn.state_dict(),
             "loader": {"epoch": next_epoch, "next_batch": next_batch, "corrupt_skipped": self.loader.corrupt_skipped},
             "rng": {"torch": torch.get_rng_state()}, "layout": self.layout,
         }  # fmt: skip
@@ -94,11 +90,11 @@ class _Training:
                 f"{state['_path']}: written by a run with {state['layout']}, this run has "
                 f"{self.layout}; resume needs the same world size and batch size (or a new run.dir)"
             )
-        self.student.load_state_dict(state["student"])
-        self.teacher.load_state_dict(state["teacher"])
+        self.ssl.student.load_state_dict(state["student"])
+        self.ssl.teacher.load_state_dict(state["teacher"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        self.loss_fn.load_state_dict(state["loss"])
+        self.ssl.loss_fn.load_state_dict(state["loss"])
         torch.set_rng_state(state["rng"]["torch"])
         self.loader.corrupt_skipped = int(state["loader"]["corrupt_skipped"])
         return int(state["step"]), int(state["loader"]["epoch"]), int(state["loader"]["next_batch"])
@@ -138,35 +134,19 @@ def _build(cfg: PretrainConfig, dist_info: DistInfo) -> _Training:
             f"{cfg.data.shards}: {loader.num_samples} samples give no full batch of "
             f"{cfg.data.batch_size_per_rank} x {world} ranks"
         )
-    student, teacher = build_student_teacher(cfg.model, cfg.data.global_size, cfg.run.seed)
-    lc = cfg.loss
-    loss_fn = DINOMIMLoss(
-        cfg.model.head.out_dim,
-        cfg.model.head.patch_out_dim,
-        lc.student_temp,
-        lc.teacher_temp,
-        lc.warmup_teacher_temp,
-        lc.teacher_patch_temp,
-        lc.warmup_teacher_patch_temp,
-        lc.warmup_teacher_temp_epochs,
-        lc.center_momentum,
-        lc.center_momentum2,
-        lc.lambda1,
-        lc.lambda2,
-    )
-    student.to(device), teacher.to(device), loss_fn.to(device)
+    ssl = PersonViTSSL.from_config(cfg, world).to(device)
     # Not DDP: its bucket layout differs between the first step after a start and later ones, which
     # breaks exact resume at world size > 2 (personvit/engine/grad_sync.py says why and what was measured).
-    grad_reducer = FlatGradReducer(student.parameters()) if world > 1 else None
+    grad_reducer = FlatGradReducer(ssl.student.parameters()) if world > 1 else None
     scaler = torch.amp.GradScaler(
         device.type, enabled=autocast_dtype(cfg.train.precision, device) is torch.float16
     )
+    # lr and weight decay are set every step by `apply_schedule`.
+    optimizer = torch.optim.AdamW(ssl.param_groups(), lr=0.0, betas=tuple(cfg.optim.betas), weight_decay=0.0)
     return _Training(
-        student,
-        teacher,
+        ssl,
         grad_reducer,
-        loss_fn,
-        build_adamw(student, tuple(cfg.optim.betas)),
+        optimizer,
         scaler,
         loader,
         _layout(cfg, world, loader.batches_per_epoch),
@@ -174,49 +154,30 @@ def _build(cfg: PretrainConfig, dist_info: DistInfo) -> _Training:
 
 
 def _step(
-    t: _Training,
-    batch,
-    views: list[torch.Tensor],
-    epoch: int,
-    momentum: float,
-    cfg: PretrainConfig,
-    autocast,
-    world: int,
-    on_non_finite,
-) -> tuple[float, float, float, float, float]:
-    """Forward both networks, check the loss, backward, clip, step, EMA.
+    t: _Training, batch, views: list[torch.Tensor], epoch: int, momentum: float, cfg: PretrainConfig,
+    autocast, on_non_finite,
+) -> dict[str, float]:
+    """Zero the gradients, forward/backward (`PersonViTSSL`), clip, step, EMA.
 
     Returns:
-        Rank-averaged (total, dino, mim, teacher entropy, entropy of the mean teacher target).
+        The rank-averaged terms of `PersonViTSSL.forward_backward`.
     """
     masks = batch.masks.to(views[0].device, non_blocking=True)
-    with autocast:
-        with torch.no_grad():
-            t_out = t.teacher(views[:2], patch_views=2)
-            # Before the loss: it updates the centre after computing the targets.
-            entropies = teacher_entropies(t_out.cls, t.loss_fn.center, t.loss_fn.temperatures(epoch)[0])
-        s_out = t.student(views, masks=masks, patch_views=2)
-        out = t.loss_fn(s_out.cls, s_out.patch, t_out.cls, t_out.patch, masks, epoch)
-    # One collective for logging, the diagnostics and agreeing on every rank that the loss is finite.
-    terms = (
-        all_reduce_sum_(torch.cat([torch.stack([out.total, out.dino, out.mim]).detach().float(), entropies]))
-        / world
-    )
-    total, dino, mim, ent, ent_mean = (float(v) for v in terms.cpu())
-    if not all(math.isfinite(v) for v in (total, dino, mim)):
-        on_non_finite(dino=dino, mim=mim, total=total)
     t.optimizer.zero_grad(set_to_none=True)
-    t.scaler.scale(out.total).backward()
+    terms = t.ssl.forward_backward(
+        views, masks, epoch, scale=t.scaler.scale, autocast=autocast, on_non_finite=on_non_finite
+    )
     if t.grad_reducer is not None:
         t.grad_reducer.all_reduce_mean_()
+    student = t.ssl.student
     if cfg.optim.clip_grad > 0:
         t.scaler.unscale_(t.optimizer)
-        clip_grad_per_tensor_(t.student.parameters(), cfg.optim.clip_grad)
-    cancel_last_layer_grads(t.student, epoch, cfg.optim.freeze_last_layer)
+        clip_grad_per_tensor_(student.parameters(), cfg.optim.clip_grad)
+    cancel_last_layer_grads(student, epoch, cfg.optim.freeze_last_layer)
     t.scaler.step(t.optimizer)
     t.scaler.update()
-    ema_update_(t.teacher, t.student, momentum)
-    return total, dino, mim, ent, ent_mean
+    t.ssl.update_teacher(momentum)
+    return terms
 
 
 def _train(cfg: PretrainConfig, dist_info: DistInfo, run_dir: Path) -> dict[str, Any]:
@@ -225,18 +186,7 @@ def _train(cfg: PretrainConfig, dist_info: DistInfo, run_dir: Path) -> dict[str,
     t = _build(cfg, dist_info)
     niter = t.loader.batches_per_epoch
     total_steps = cfg.train.epochs * niter
-    o = cfg.optim
-    sched = pretrain_schedules(
-        o.scaled_lr(cfg.data.batch_size_per_rank * world),
-        o.min_lr,
-        o.warmup_epochs,
-        o.weight_decay,
-        o.weight_decay_end,
-        o.momentum_teacher,
-        o.momentum_teacher_end,
-        cfg.train.epochs,
-        niter,
-    )
+    sched = PretrainSchedules.from_config(cfg.optim, cfg.train.epochs, niter, cfg.data.batch_size_per_rank * world)
     ckpt = CheckpointManager(
         run_dir / "checkpoints", cfg.checkpoint.keep_last, cfg.checkpoint.keep_every_epochs, is_main
     )
@@ -248,7 +198,7 @@ def _train(cfg: PretrainConfig, dist_info: DistInfo, run_dir: Path) -> dict[str,
     else:
         step, epoch, start_batch = 0, 0, 0
         if cfg.model.init:
-            init_backbone(t.student, t.teacher, cfg.model.init)
+            t.ssl.init_backbone(cfg.model.init)
     metrics = MetricsLogger(
         run_dir / "metrics.jsonl", is_main, run_dir / "tb" if cfg.run.tensorboard else None
     )
@@ -268,12 +218,12 @@ def _train(cfg: PretrainConfig, dist_info: DistInfo, run_dir: Path) -> dict[str,
 
     last_loss = float("nan")
     window = _Window()
-    t.student.train()
+    t.ssl.student.train()
     with reporting_interrupts(lambda: step, ckpt.latest), ProgressReporter(
         total_steps, "pretrain", enabled=is_main, every_s=cfg.run.progress_every_s, initial=step
     ) as progress:
         while epoch < cfg.train.epochs:
-            temps = t.loss_fn.temperatures(epoch)
+            temps = t.ssl.loss_fn.temperatures(epoch)
             batches = t.loader.iter_epoch(epoch, start_batch)
             while (batch := window.wait(batches)) is not None:
                 if step != epoch * niter + batch.index:  # guards the resume arithmetic
@@ -284,28 +234,27 @@ def _train(cfg: PretrainConfig, dist_info: DistInfo, run_dir: Path) -> dict[str,
                 # a function of (step, rank), not of the run's history: what makes resume exact.
                 seed_step(cfg.run.seed, step, rank)
                 views = batch.views(device)
-                last_loss, dino, mim, ent, ent_mean = _step(
-                    t, batch, views, epoch, momentum, cfg, autocast, world, non_finite
-                )
+                terms = _step(t, batch, views, epoch, momentum, cfg, autocast, non_finite)
+                last_loss = terms["loss"]
                 step += 1
                 window.steps += 1
                 end_of_epoch = batch.index == niter - 1
                 # Before the epoch's checkpoint: a kill in between re-runs the epoch's tail, figures included.
-                knn = monitor.at_epoch_end(t.teacher.backbone, epoch) if end_of_epoch else {}
+                knn = monitor.at_epoch_end(t.ssl.teacher.backbone, epoch) if end_of_epoch else {}
                 if step % cfg.run.log_every_steps == 0 or step == total_steps or knn:
                     metrics.log(
                         step=step,
                         epoch=epoch,
                         loss=last_loss,
-                        dino=dino,
-                        mim=mim,
+                        dino=terms["dino"],
+                        mim=terms["mim"],
                         lr=lr,
                         wd=wd,
                         momentum=momentum,
                         teacher_temp=temps[0],
                         teacher_patch_temp=temps[1],
-                        teacher_entropy=ent,
-                        teacher_mean_entropy=ent_mean,
+                        teacher_entropy=terms["teacher_entropy"],
+                        teacher_mean_entropy=terms["teacher_mean_entropy"],
                         **window.rates(cfg.data.batch_size_per_rank * world),
                         corrupt_skipped=t.loader.corrupt_skipped,
                         **knn,

@@ -9,8 +9,12 @@ Fine-tuning reuses `cosine_schedule` per epoch with `niter_per_ep=1`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from personvit.config.pretrain import PretrainOptimConfig
 
 __all__ = ["PretrainSchedules", "cosine_schedule", "pretrain_schedules"]
 
@@ -67,6 +71,23 @@ class PretrainSchedules:
         if not 0 <= step < len(self.lr):
             raise IndexError(f"step {step} outside the schedule's {len(self.lr)} iterations")
         return float(self.lr[step]), float(self.weight_decay[step]), float(self.momentum[step])
+
+    @classmethod
+    def from_config(
+        cls, optim: PretrainOptimConfig, epochs: int, niter_per_ep: int, total_batch: int
+    ) -> PretrainSchedules:
+        """The run's schedules from its `optim` section (validated by its dataclass).
+
+        Args:
+            optim: the `optim` section; its lr is scaled to `total_batch`.
+            epochs: `train.epochs`.
+            niter_per_ep: optimiser steps per epoch.
+            total_batch: images per optimiser step over all ranks.
+        """
+        return pretrain_schedules(
+            optim.scaled_lr(total_batch), optim.min_lr, optim.warmup_epochs, optim.weight_decay,
+            optim.weight_decay_end, optim.momentum_teacher, optim.momentum_teacher_end, epochs, niter_per_ep,
+        )  # fmt: skip
 
 
 def pretrain_schedules(

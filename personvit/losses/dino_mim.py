@@ -10,12 +10,15 @@ temperature 0.04 is where bf16 loses the most.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from personvit.config.pretrain import HeadConfig, PretrainLossConfig
 
 __all__ = ["DINOMIMLoss", "LossOutput", "dino_mim_loss", "teacher_entropies", "warmup_temperature"]
 
@@ -222,6 +225,20 @@ class DINOMIMLoss(nn.Module):
         self.lambda2 = lambda2
         self.register_buffer("center", torch.zeros(out_dim))
         self.register_buffer("center2", torch.zeros(patch_out_dim))
+
+    @classmethod
+    def from_config(cls, loss: PretrainLossConfig, head: HeadConfig) -> DINOMIMLoss:
+        """The loss of a run: temperatures, momenta and weights from `loss`, prototype counts from `head`.
+
+        Args:
+            loss: the `loss` section (validated by its dataclass).
+            head: the `model.head` section (`out_dim`, `patch_out_dim`).
+        """
+        return cls(
+            head.out_dim, head.patch_out_dim, loss.student_temp, loss.teacher_temp, loss.warmup_teacher_temp,
+            loss.teacher_patch_temp, loss.warmup_teacher_patch_temp, loss.warmup_teacher_temp_epochs,
+            loss.center_momentum, loss.center_momentum2, loss.lambda1, loss.lambda2,
+        )  # fmt: skip
 
     def temperatures(self, epoch: int) -> tuple[float, float]:
         """(teacher CLS temperature, teacher patch temperature) of an epoch."""

@@ -125,6 +125,15 @@ class VisionTransformer(nn.Module):
         self.set_attn_backend(attn_backend)
         self._init_weights()
 
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters weight decay must not reach (timm's hook, read by `engine/optim.py`).
+
+        Biases and 1-D tensors (LayerNorm scales and shifts), iBOT's `get_params_groups` rule. Unlike
+        timm's ViT, `pos_embed`, `cls_token` and `masked_embed` are not listed: iBOT and PersonViT
+        decay them, and listing them would change every pretraining number.
+        """
+        return {n for n, p in self.named_parameters() if n.endswith(".bias") or p.ndim == 1}
+
     def _init_weights(self) -> None:
         # iBOT's init: trunc_normal(0.02) for positions, CLS and linear weights; zero mask token.
         trunc_normal_(self.pos_embed, std=0.02)

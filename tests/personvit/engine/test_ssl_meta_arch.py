@@ -1,0 +1,101 @@
+"""`PersonViTSSL`: the method object's moves (forward/backward, explicit centre update, EMA, groups)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from personvit.config.pretrain import HeadConfig, PretrainLossConfig, PretrainModelConfig, PretrainOptimConfig
+from personvit.engine.optim import no_weight_decay_names
+from personvit.engine.schedules import PretrainSchedules, pretrain_schedules
+from personvit.engine.ssl_meta_arch import TERMS, PersonViTSSL
+from personvit.engine.ssl_model import build_student_teacher
+from personvit.losses import DINOMIMLoss
+
+TINY = PretrainModelConfig(
+    arch="vit_tiny", patch_size=8, embed_dim=32, depth=2, num_heads=2, drop_path_rate=0.0, attn_backend="sdpa",
+    head=HeadConfig(out_dim=64, patch_out_dim=48, hidden_dim=48, bottleneck_dim=16, shared_head=False),
+)  # fmt: skip
+IMG, B = (64, 32), 3
+N = (IMG[0] // 8) * (IMG[1] // 8)
+
+
+@pytest.fixture
+def ssl() -> PersonViTSSL:
+    student, teacher = build_student_teacher(TINY, IMG, seed=5)
+    return PersonViTSSL(student, teacher, DINOMIMLoss.from_config(PretrainLossConfig(), TINY.head))
+
+
+def _batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    views = [torch.randn(B, 3, *IMG, generator=g) for _ in range(2)]
+    views += [torch.randn(B, 3, 32, 16, generator=g) for _ in range(2)]
+    masks = torch.rand(2, B, N, generator=g) < 0.3
+    return views, masks
+
+
+def test_param_groups_follow_the_models_no_weight_decay_and_keep_ibots_rule(ssl):
+    decay, no_decay = ssl.param_groups()
+    names = {id(p): n for n, p in ssl.student.named_parameters()}
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert skipped == {n for n, p in ssl.student.named_parameters() if n.endswith(".bias") or p.ndim == 1}
+    assert skipped == no_weight_decay_names(ssl.student)
+    # iBOT decays the position embedding and the CLS token (timm's ViT would not).
+    assert {"backbone.pos_embed", "backbone.cls_token"} <= {names[id(p)] for p in decay["params"]}
+    assert {f"backbone.{n}" for n in ssl.student.backbone.no_weight_decay()} <= skipped
+
+
+def test_forward_backward_updates_the_centre_once_and_leaves_the_optimizer_alone(ssl):
+    views, masks = _batch()
+    reference = copy.deepcopy(ssl)
+    with torch.no_grad():
+        t_out = reference.teacher(views[:2], patch_views=2)
+    expected = reference.loss_fn(*(lambda s: (s.cls, s.patch))(reference.student(views, masks=masks, patch_views=2)),
+                                 t_out.cls, t_out.patch, masks, 0, update_center=False)
+    reference.update_center(t_out.cls, t_out.patch)
+
+    terms = ssl.forward_backward(views, masks, epoch=0)
+    assert tuple(terms) == TERMS and terms["loss"] == pytest.approx(float(expected.total.detach()), rel=1e-6)
+    assert torch.equal(ssl.loss_fn.center, reference.loss_fn.center)
+    assert torch.equal(ssl.loss_fn.center2, reference.loss_fn.center2)
+    assert not torch.equal(ssl.loss_fn.center, torch.zeros_like(ssl.loss_fn.center))
+    assert all(p.grad is not None for p in ssl.student.backbone.parameters() if p.requires_grad)
+    assert all(p.grad is None for p in ssl.teacher.parameters())
+
+
+def test_non_finite_terms_call_back_before_any_backward(ssl):
+    views, masks = _batch()
+    views[0] = views[0].clone()
+    views[0][0, 0, 0, 0] = float("nan")
+    seen = {}
+    terms = ssl.forward_backward(views, masks, epoch=0, on_non_finite=lambda **t: seen.update(t))
+    assert seen and not all(map(lambda v: v == v, seen.values()))  # NaN != NaN
+    assert all(p.grad is None for p in ssl.student.parameters())
+    assert set(terms) == set(TERMS)
+
+
+def test_update_teacher_is_the_ema_of_the_student(ssl):
+    with torch.no_grad():
+        for p in ssl.student.parameters():
+            p.add_(1.0)
+    before = {n: p.clone() for n, p in ssl.teacher.named_parameters()}
+    students = dict(ssl.student.named_parameters())
+    ssl.update_teacher(0.9)
+    for n, p in ssl.teacher.named_parameters():
+        torch.testing.assert_close(p, 0.9 * before[n] + 0.1 * students[n], rtol=0, atol=1e-6)
+
+
+def test_loss_and_schedules_from_their_config_sections_match_the_positional_forms():
+    lc = PretrainLossConfig(teacher_temp=0.06, warmup_teacher_temp_epochs=3, lambda2=0.5, center_momentum2=0.8)
+    loss = DINOMIMLoss.from_config(lc, TINY.head)
+    assert loss.center.shape == (64,) and loss.center2.shape == (48,)
+    assert (loss.temperatures(1), loss.lambda2, loss.center_momentum2) == (
+        DINOMIMLoss(64, 48, 0.1, 0.06, 0.04, 0.07, 0.04, 3, 0.9, 0.8, 1.0, 0.5).temperatures(1), 0.5, 0.8)
+    o = PretrainOptimConfig(warmup_epochs=1)
+    got = PretrainSchedules.from_config(o, epochs=3, niter_per_ep=4, total_batch=64)
+    want = pretrain_schedules(o.scaled_lr(64), o.min_lr, 1, o.weight_decay, o.weight_decay_end,
+                              o.momentum_teacher, o.momentum_teacher_end, 3, 4)
+    for field in ("lr", "weight_decay", "momentum"):
+        assert (getattr(got, field) == getattr(want, field)).all()
