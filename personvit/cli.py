@@ -12,7 +12,7 @@ import sys
 
 from personvit import __version__, cli_args
 
-# EX_TEMPFAIL: "try again later", which is what a preempted run asks for (fine-tuning uses it too).
+# EX_TEMPFAIL: "try again later", what a preempted run asks for; the one place `Preempted` becomes it.
 PREEMPTED_EXIT_CODE = 75
 # 128 + SIGINT, what a shell reports for a Ctrl-C'd command.
 INTERRUPTED_EXIT_CODE = 130

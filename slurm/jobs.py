@@ -5,8 +5,8 @@
      given) and passes it as `run.dir=...`, so a requeued job finds its own checkpoints with no flags;
   2. sets up distributed from submitit's job environment (torchrun-style variables for
      personvit.distributed) and installs the preemption flag handler in front of submitit's;
-  3. runs the entry; when it raises `Preempted` (or returns with the stop flag set) after the
-     collective save, rank 0 hands over to submitit's own USR2 handler, which decides timed-out vs
+  3. runs the entry; when it raises `Preempted` after the collective save (both trainers do, from
+     engine/loop.py; or returns with the stop flag set, a stop after the loop), rank 0 hands over to submitit's own USR2 handler, which decides timed-out vs
      preempted, spends one requeue of the budget, writes the resubmission and calls
      `scontrol requeue`. Without that handler (a stop requested by code) it requeues itself.
 Every attempt, stop, requeue and end goes to `<run dir>/restarts.jsonl` (slurm/restarts.py).
@@ -130,7 +130,8 @@ class TrainJob(submitit.helpers.Checkpointable):
                 self._on_preempted(run_dir, env, is_main, stop.step, stop.reason)
                 raise AssertionError("unreachable: _on_preempted exits") from None
             if preemption.local_stop_requested():
-                # An entry that returns after its collective save instead of raising.
+                # A stop that came after the training loop (fine-tuning's evaluation): the loop itself
+                # always raises `Preempted`. Requeue; the rerun finds the final checkpoint and re-evaluates.
                 self._on_preempted(run_dir, env, is_main, None, preemption.stop_reason())
             if isinstance(result, int) and result != 0:
                 raise RuntimeError(f"{self.entry} exited with status {result}; see the log in {run_dir}")

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from personvit import cli_args, preemption
-from personvit.checkpoint import CheckpointError, CheckpointManager
+from personvit.checkpoint import CheckpointManager
+from personvit.cli import PREEMPTED_EXIT_CODE
 from personvit.config.core import ConfigError, load_config
 from personvit.config.finetune import FinetuneConfig, FinetuneTrainConfig
 from personvit.data.reid import ReIDTrainDataset, read_reid_split, relabel
@@ -38,18 +39,20 @@ from personvit.engine.evaluate import (
     model_arch,
 )
 from personvit.engine.grad_sync import FlatGradReducer
+from personvit.engine.loop import Checkpointer, Position, StepOutput, TrainLoop
 from personvit.engine.optim import no_weight_decay_names
 from personvit.engine.schedules import cosine_schedule
 from personvit.losses.triplet import batch_hard_triplet_loss
 from personvit.models.loading import load_backbone
 from personvit.models.reid import ReIDModel, build_reid_model
 from personvit.rng import Stream, derive_seed, seed_step
-from personvit.run_folder import open_run_folder, reporting_interrupts
-from personvit.runlog import MetricsLogger, ProgressReporter, get_logger
+from personvit.run_folder import open_run_folder
+from personvit.runlog import MetricsLogger, get_logger
 
 log = get_logger(__name__)
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: saved and stopped on request; rerun the same command to resume
+# The exit status of a preempted run, set in one place: `personvit` maps `Preempted` to it.
+EXIT_PREEMPTED = PREEMPTED_EXIT_CODE
 
 
 def epoch_lrs(lr: float, train: FinetuneTrainConfig) -> np.ndarray:
@@ -135,47 +138,35 @@ class Finetuner:
         self.grad_reducer = FlatGradReducer(self.model.parameters()) if dist_info.world_size > 1 else None
         self.ckpt = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last,
                                       cfg.checkpoint.keep_every_epochs, is_main=dist_info.is_main)
-        self.step, self.epoch, self.batch = 0, 0, 0
+        self.pos = Position()
+        self.checkpointer = Checkpointer(self.ckpt)
+        # The flat layout evaluation and export read: run facts at the top, checked before any load.
+        self.checkpointer.register(None, _RunFacts(self))
+        self.checkpointer.register("model", self.model)
+        self.checkpointer.register("optimizer", self.optimizer)
+        self.checkpointer.register("scaler", self.scaler)
 
-    # ------------------------------------------------------------------ checkpoint
+    @property
+    def step(self) -> int:
+        return self.pos.step
+
     def state(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "next_epoch": self.epoch,
-            "next_batch": self.batch,
-            "num_classes": len(self.pids),
-            "pids": [int(p) for p in self.pids],
-            "world_size": self.dist.world_size,
-            "model_arch": model_arch(self.cfg.model, self.cfg.data.img_size),
-        }
-
-    def save(self, end_of_epoch: bool = False) -> None:
-        # self.epoch is the epoch in progress mid-epoch, the number of completed epochs at an end.
-        self.ckpt.save(self.state(), self.step, self.epoch, end_of_epoch=end_of_epoch)
-        barrier()  # nobody runs ahead (or exits) before the checkpoint is complete
+        """The checkpoint payload of the current position (every registered part)."""
+        return self.checkpointer.state()
 
     def resume(self) -> bool:
         """Load the run folder's latest checkpoint, if any; True when resumed."""
-        state = self.ckpt.load_latest() if self.cfg.checkpoint.resume else None
-        if state is None:
+        resumed = self.checkpointer.load_latest() if self.cfg.checkpoint.resume else None
+        if resumed is None:
             return False
-        where = state["_path"]
-        if state.get("world_size") != self.dist.world_size:
-            raise CheckpointError(f"{where}: saved with world size {state.get('world_size')}, this job has "
-                                  f"{self.dist.world_size}; the PK batches are split per rank, so resume needs the same")
-        if state.get("num_classes") != len(self.pids):
-            raise CheckpointError(f"{where}: {state.get('num_classes')} identities, the train split has {len(self.pids)}")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.step, self.epoch, self.batch = int(state["step"]), int(state["next_epoch"]), int(state["next_batch"])
-        log.info("resumed from %s: step %d, epoch %d, batch %d", where, self.step, self.epoch, self.batch)
+        self.pos.step = resumed[1]
+        log.info("resumed from %s: step %d, epoch %d, batch %d", resumed[0], self.pos.step, self.pos.epoch,
+                 self.pos.batch)
         return True
 
     # ------------------------------------------------------------------ training
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """One SGD step on a PK batch at `self.pos` (steps done before it); returns the logged terms."""
         t = self.cfg.train
         seed_step(self.cfg.run.seed, self.step, self.dist.rank)  # drop path draws
         images = images.to(self.device, non_blocking=True)
@@ -192,7 +183,7 @@ class Finetuner:
             all_reduce_sum_(bad)
         if bad.item() > 0:
             raise NonFiniteLossError(
-                f"non-finite loss at step {self.step} (epoch {self.epoch}; this rank: id {id_loss.item():.4g}, "
+                f"non-finite loss at step {self.step} (epoch {self.pos.epoch}; this rank: id {id_loss.item():.4g}, "
                 f"triplet {tri_loss.item():.4g}); stopped before the update; last checkpoint with finite "
                 f"weights: {self.ckpt.latest_finite()}"
             )
@@ -216,33 +207,49 @@ class Finetuner:
         cfg, t = self.cfg, self.cfg.train
         metrics = MetricsLogger(self.run_dir / "metrics.jsonl", enabled=self.dist.is_main,
                                 tensorboard_dir=self.run_dir / "tb" if cfg.run.tensorboard else None)
-        metrics.truncate_after(self.step)
         per_epoch = [self.sampler.epoch_batches(e).shape[0] for e in range(t.epochs)]
-        every = cfg.checkpoint.every_steps
+        lr = [0.0]
+
+        def on_epoch_start(epoch: int) -> None:
+            lr[0] = float(self.lrs[epoch])
+            set_lr(self.optimizer, lr[0])
+
+        def step_fn(_: Position, batch) -> StepOutput:
+            images, labels, _ids = batch
+            out = self.train_step(images, labels)
+            return StepOutput({"lr": lr[0], **out}, {"loss": out["loss"], "acc": out["acc"]})
+
         self.model.train()
-        with reporting_interrupts(lambda: self.step, self.ckpt.latest), ProgressReporter(sum(per_epoch), "finetune", enabled=self.dist.is_main, every_s=cfg.run.progress_every_s,
-                              initial=sum(per_epoch[:self.epoch]) + self.batch) as bar:
-            while self.epoch < t.epochs:
-                lr = float(self.lrs[self.epoch])
-                set_lr(self.optimizer, lr)
-                for images, labels, _ in self.loader(self.epoch, self.batch):
-                    out = self.train_step(images, labels)
-                    self.step += 1
-                    self.batch += 1
-                    if self.step % cfg.run.log_every_steps == 0:
-                        metrics.log(self.step, epoch=self.epoch, lr=lr, **out)
-                    bar.advance(1, epoch=self.epoch, loss=out["loss"], acc=out["acc"])
-                    last = self.batch == per_epoch[self.epoch]
-                    if every and self.step % every == 0 and not last:
-                        self.save()
-                    if preemption.stop_requested():
-                        if last:
-                            self.epoch, self.batch = self.epoch + 1, 0
-                        self.save(end_of_epoch=last)
-                        raise preemption.Preempted(self.step, preemption.stop_reason())
-                self.epoch, self.batch = self.epoch + 1, 0
-                self.save(end_of_epoch=True)
-        metrics.close()
+        TrainLoop("finetune", t.epochs, per_epoch.__getitem__, self.loader, step_fn, self.checkpointer, metrics,
+                  cfg.checkpoint.every_steps, cfg.run.log_every_steps, cfg.run.progress_every_s, self.dist.is_main,
+                  on_epoch_start).run(self.pos)
+
+
+class _RunFacts:
+    """Fine-tuning's top-level checkpoint entries: the loader position and what a resume must match."""
+
+    def __init__(self, tuner: Finetuner) -> None:
+        self.tuner = tuner
+
+    def state_dict(self) -> dict[str, Any]:
+        tu = self.tuner
+        return {
+            "next_epoch": tu.pos.epoch,
+            "next_batch": tu.pos.batch,
+            "num_classes": len(tu.pids),
+            "pids": [int(p) for p in tu.pids],
+            "world_size": tu.dist.world_size,
+            "model_arch": model_arch(tu.cfg.model, tu.cfg.data.img_size),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        tu = self.tuner
+        if state.get("world_size") != tu.dist.world_size:
+            raise ValueError(f"saved with world size {state.get('world_size')}, this job has "
+                             f"{tu.dist.world_size}; the PK batches are split per rank, so resume needs the same")
+        if state.get("num_classes") != len(tu.pids):
+            raise ValueError(f"{state.get('num_classes')} identities, the train split has {len(tu.pids)}")
+        tu.pos.epoch, tu.pos.batch = int(state["next_epoch"]), int(state["next_batch"])
 
 
 def _one_thread(_: int) -> None:
@@ -286,14 +293,11 @@ def _run(cfg: FinetuneConfig, dist_info: DistInfo, run_dir: Path) -> dict[str, A
 
 
 def main(argv: Sequence[str]) -> int:
-    """Entry of `personvit finetune`; exits 75 after a preemption save (rerun to resume)."""
+    """Entry of `personvit finetune`; `Preempted` propagates (the CLI exits 75, Slurm jobs requeue)."""
     args = cli_args.parse("finetune", argv)
     cfg = load_config(FinetuneConfig, args.config, args.overrides)
     try:
         run(cfg, args.allow_change or ())
-    except preemption.Preempted as e:
-        log.warning("%s; the checkpoint is saved, rerun the same command to resume", e)
-        return EXIT_PREEMPTED
     except (ShardError, EvaluationError, NonFiniteLossError) as e:
         raise SystemExit(f"personvit finetune: error: {e}") from None
     return 0

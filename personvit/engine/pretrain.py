@@ -26,21 +26,22 @@ from typing import Any
 import torch
 
 from personvit import cli_args, preemption
-from personvit.checkpoint import CheckpointError, CheckpointManager
+from personvit.checkpoint import CheckpointManager
 from personvit.config.core import load_config
 from personvit.config.pretrain import PretrainConfig
 from personvit.data.pretrain_loader import CorruptDataError, PretrainLoader
 from personvit.data.shards import ShardError
-from personvit.distributed import DistInfo, barrier, init_distributed, is_dist, shutdown
+from personvit.distributed import DistInfo, init_distributed, is_dist, shutdown
 from personvit.engine.errors import NonFiniteLossError
 from personvit.engine.grad_sync import FlatGradReducer
 from personvit.engine.knn_monitor import KnnMonitor
+from personvit.engine.loop import Checkpointer, Position, StepOutput, TrainLoop
 from personvit.engine.optim import apply_schedule, cancel_last_layer_grads, clip_grad_per_tensor_
 from personvit.engine.schedules import PretrainSchedules
 from personvit.engine.ssl_meta_arch import PersonViTSSL
 from personvit.rng import seed_step
-from personvit.run_folder import open_run_folder, reporting_interrupts
-from personvit.runlog import MetricsLogger, ProgressReporter, get_logger
+from personvit.run_folder import open_run_folder
+from personvit.runlog import MetricsLogger, get_logger
 
 __all__ = ["NonFiniteLossError", "main", "run"]
 
@@ -73,31 +74,58 @@ class _Training:
     loader: PretrainLoader
     layout: dict[str, int]
 
-    def state(self, next_epoch: int, next_batch: int) -> dict[str, Any]:
-        return {
-            "student": self.ssl.student.state_dict(), "teacher": self.ssl.teacher.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-            "loss": self.ssl.loss_fn.state_dict(),
-            "loader": {"epoch": next_epoch, "next_batch": next_batch, "corrupt_skipped": self.loader.corrupt_skipped},
-            "rng": {"torch": torch.get_rng_state()}, "layout": self.layout,
-        }  # fmt: skip
+    def register(self, ckpt: Checkpointer, pos: Position) -> None:
+        """Register the checkpointed parts; `layout` first, so another layout is refused before any load."""
+        ckpt.register("layout", _Layout(self.layout))
+        ckpt.register("student", self.ssl.student)
+        ckpt.register("teacher", self.ssl.teacher)
+        ckpt.register("optimizer", self.optimizer)
+        ckpt.register("scaler", self.scaler)
+        ckpt.register("loss", self.ssl.loss_fn)
+        ckpt.register("loader", _LoaderPosition(pos, self.loader))
+        ckpt.register("rng", _TorchRng())
 
-    def restore(self, state: dict[str, Any]) -> tuple[int, int, int]:
-        """Load a checkpoint's state; returns (step, epoch, next batch)."""
-        if state["layout"] != self.layout:
+
+class _Layout:
+    """The batch layout a run's positions and schedules are indexed by; a resume must have the same."""
+
+    def __init__(self, layout: dict[str, int]) -> None:
+        self.layout = layout
+
+    def state_dict(self) -> dict[str, int]:
+        return self.layout
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state != self.layout:
             # Positions and schedules are indexed by (epoch, batch): another layout would change them.
-            raise CheckpointError(
-                f"{state['_path']}: written by a run with {state['layout']}, this run has "
-                f"{self.layout}; resume needs the same world size and batch size (or a new run.dir)"
+            raise ValueError(
+                f"written by a run with {state}, this run has {self.layout}; resume needs the same "
+                "world size and batch size (or a new run.dir)"
             )
-        self.ssl.student.load_state_dict(state["student"])
-        self.ssl.teacher.load_state_dict(state["teacher"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.ssl.loss_fn.load_state_dict(state["loss"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.loader.corrupt_skipped = int(state["loader"]["corrupt_skipped"])
-        return int(state["step"]), int(state["loader"]["epoch"]), int(state["loader"]["next_batch"])
+
+
+class _LoaderPosition:
+    """The loader's place (next epoch and batch, from the loop's position) and its corrupt-sample count."""
+
+    def __init__(self, pos: Position, loader: PretrainLoader) -> None:
+        self.pos, self.loader = pos, loader
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.pos.epoch, "next_batch": self.pos.batch, "corrupt_skipped": self.loader.corrupt_skipped}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.pos.epoch, self.pos.batch = int(state["epoch"]), int(state["next_batch"])
+        self.loader.corrupt_skipped = int(state["corrupt_skipped"])
+
+
+class _TorchRng:
+    """torch's global generator (drop path is reseeded per step; anything else drawing from it is kept)."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"torch": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        torch.set_rng_state(state["torch"])
 
 
 def run(cfg: PretrainConfig, allow_change: Sequence[str] = ()) -> dict[str, Any]:
@@ -187,105 +215,80 @@ def _train(cfg: PretrainConfig, dist_info: DistInfo, run_dir: Path) -> dict[str,
     niter = t.loader.batches_per_epoch
     total_steps = cfg.train.epochs * niter
     sched = PretrainSchedules.from_config(cfg.optim, cfg.train.epochs, niter, cfg.data.batch_size_per_rank * world)
-    ckpt = CheckpointManager(
-        run_dir / "checkpoints", cfg.checkpoint.keep_last, cfg.checkpoint.keep_every_epochs, is_main
+    ckpt = Checkpointer(
+        CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last, cfg.checkpoint.keep_every_epochs, is_main)
     )
-    state = ckpt.load_latest() if cfg.checkpoint.resume else None
-    if state is not None:
-        step, epoch, start_batch = t.restore(state)
-        log.info("resumed from %s: step %d, epoch %d, batch %d", state["_path"], step, epoch, start_batch)
-        del state
-    else:
-        step, epoch, start_batch = 0, 0, 0
-        if cfg.model.init:
-            t.ssl.init_backbone(cfg.model.init)
+    pos = Position()
+    t.register(ckpt, pos)
+    resumed = ckpt.load_latest() if cfg.checkpoint.resume else None
+    if resumed is not None:
+        pos.step = resumed[1]
+        log.info("resumed from %s: step %d, epoch %d, batch %d", resumed[0], pos.step, pos.epoch, pos.batch)
+    elif cfg.model.init:
+        t.ssl.init_backbone(cfg.model.init)
     metrics = MetricsLogger(
         run_dir / "metrics.jsonl", is_main, run_dir / "tb" if cfg.run.tensorboard else None
     )
-    metrics.truncate_after(step)
     amp_dtype = autocast_dtype(cfg.train.precision, device)
     autocast = (
         torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     )
     monitor = KnnMonitor(cfg.monitor, cfg.data.global_size, cfg.train.epochs, device, amp_dtype, is_main)
-
-    def non_finite(**terms: float) -> None:
-        bad = ", ".join(f"{k}={v}" for k, v in terms.items() if not math.isfinite(v))
-        raise NonFiniteLossError(
-            f"non-finite loss at step {step} (epoch {epoch}, batch {batch.index}): {bad}; "
-            f"stopped before the update; last checkpoint with finite weights: {ckpt.latest_finite()}"
-        )
-
-    last_loss = float("nan")
     window = _Window()
+    images_per_step = cfg.data.batch_size_per_rank * world
+
+    def step_fn(at: Position, batch) -> StepOutput:
+        if at.step != at.epoch * niter + batch.index or batch.index != at.batch:  # guards the resume arithmetic
+            raise RuntimeError(f"step {at.step} does not match epoch {at.epoch} batch {batch.index}")
+
+        def non_finite(**terms: float) -> None:
+            bad = ", ".join(f"{k}={v}" for k, v in terms.items() if not math.isfinite(v))
+            raise NonFiniteLossError(
+                f"non-finite loss at step {at.step} (epoch {at.epoch}, batch {batch.index}): {bad}; "
+                f"stopped before the update; last checkpoint with finite weights: {ckpt.manager.latest_finite()}"
+            )
+
+        epoch = at.epoch
+        lr, wd, momentum = sched.at(at.step)
+        apply_schedule(t.optimizer, lr, wd)
+        # Drop path (and anything else drawing from torch's global generator this step) becomes
+        # a function of (step, rank), not of the run's history: what makes resume exact.
+        seed_step(cfg.run.seed, at.step, rank)
+        views = batch.views(device)
+        terms = _step(t, batch, views, epoch, momentum, cfg, autocast, non_finite)
+        window.steps += 1
+        # Before the epoch's checkpoint: a kill in between re-runs the epoch's tail, figures included.
+        knn = monitor.at_epoch_end(t.ssl.teacher.backbone, epoch) if batch.index == niter - 1 else {}
+        temps = t.ssl.loss_fn.temperatures(epoch)
+        logged = {
+            "loss": terms["loss"], "dino": terms["dino"], "mim": terms["mim"], "lr": lr, "wd": wd,
+            "momentum": momentum, "teacher_temp": temps[0], "teacher_patch_temp": temps[1],
+            "teacher_entropy": terms["teacher_entropy"], "teacher_mean_entropy": terms["teacher_mean_entropy"],
+        }  # fmt: skip
+        last_loss[0] = terms["loss"]
+        log_now = at.step + 1 == total_steps or bool(knn)
+        if log_now or (at.step + 1) % cfg.run.log_every_steps == 0:  # the window is reset only when logged
+            logged.update(window.rates(images_per_step), corrupt_skipped=t.loader.corrupt_skipped, **knn)
+        progress = {"loss": terms["loss"], "lr": lr, **{k: v for k, v in knn.items() if "map" in k}}
+        return StepOutput(logged, progress, log_now)
+
+    last_loss = [float("nan")]
     t.ssl.student.train()
-    with reporting_interrupts(lambda: step, ckpt.latest), ProgressReporter(
-        total_steps, "pretrain", enabled=is_main, every_s=cfg.run.progress_every_s, initial=step
-    ) as progress:
-        while epoch < cfg.train.epochs:
-            temps = t.ssl.loss_fn.temperatures(epoch)
-            batches = t.loader.iter_epoch(epoch, start_batch)
-            while (batch := window.wait(batches)) is not None:
-                if step != epoch * niter + batch.index:  # guards the resume arithmetic
-                    raise RuntimeError(f"step {step} does not match epoch {epoch} batch {batch.index}")
-                lr, wd, momentum = sched.at(step)
-                apply_schedule(t.optimizer, lr, wd)
-                # Drop path (and anything else drawing from torch's global generator this step) becomes
-                # a function of (step, rank), not of the run's history: what makes resume exact.
-                seed_step(cfg.run.seed, step, rank)
-                views = batch.views(device)
-                terms = _step(t, batch, views, epoch, momentum, cfg, autocast, non_finite)
-                last_loss = terms["loss"]
-                step += 1
-                window.steps += 1
-                end_of_epoch = batch.index == niter - 1
-                # Before the epoch's checkpoint: a kill in between re-runs the epoch's tail, figures included.
-                knn = monitor.at_epoch_end(t.ssl.teacher.backbone, epoch) if end_of_epoch else {}
-                if step % cfg.run.log_every_steps == 0 or step == total_steps or knn:
-                    metrics.log(
-                        step=step,
-                        epoch=epoch,
-                        loss=last_loss,
-                        dino=terms["dino"],
-                        mim=terms["mim"],
-                        lr=lr,
-                        wd=wd,
-                        momentum=momentum,
-                        teacher_temp=temps[0],
-                        teacher_patch_temp=temps[1],
-                        teacher_entropy=terms["teacher_entropy"],
-                        teacher_mean_entropy=terms["teacher_mean_entropy"],
-                        **window.rates(cfg.data.batch_size_per_rank * world),
-                        corrupt_skipped=t.loader.corrupt_skipped,
-                        **knn,
-                    )
-                progress.advance(1, epoch=epoch, loss=last_loss, lr=lr, **{k: v for k, v in knn.items() if "map" in k})
-
-                nxt = (epoch + 1, 0) if end_of_epoch else (epoch, batch.index + 1)
-                periodic = cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0
-                if end_of_epoch or periodic:
-                    ckpt.save(t.state(*nxt), step, nxt[0], end_of_epoch=end_of_epoch)
-                if preemption.stop_requested():
-                    if not (end_of_epoch or periodic):
-                        ckpt.save(t.state(*nxt), step, nxt[0], end_of_epoch=end_of_epoch)
-                    barrier()
-                    log.warning(
-                        "stop requested (%s): checkpoint of step %d saved", preemption.stop_reason(), step
-                    )
-                    raise preemption.Preempted(step, preemption.stop_reason())
-            epoch, start_batch = epoch + 1, 0
-
-    barrier()
-    metrics.close()
-    final = ckpt.latest()
+    loop = TrainLoop(
+        "pretrain", cfg.train.epochs, lambda _: niter, lambda e, b: window.timed(t.loader.iter_epoch(e, b)),
+        step_fn, ckpt, metrics, cfg.checkpoint.every_steps, cfg.run.log_every_steps, cfg.run.progress_every_s,
+        is_main,
+    )  # fmt: skip
+    loop.run(pos)
+    final = ckpt.manager.latest()
     if is_main:
-        log.info("pretraining done: %d steps, final checkpoint %s", step, final)
+        log.info("pretraining done: %d steps, final checkpoint %s", pos.step, final)
     return {
         "run_dir": str(run_dir),
-        "step": step,
-        "epoch": epoch,
+        "step": pos.step,
+        "epoch": pos.epoch,
         "checkpoint": str(final) if final else None,
-        "loss": last_loss,
+        "loss": last_loss[0],
     }
 
 
@@ -295,11 +298,16 @@ class _Window:
     def __init__(self) -> None:
         self.t0, self.waited, self.steps = time.perf_counter(), 0.0, 0
 
-    def wait(self, batches):
-        t = time.perf_counter()
-        batch = next(batches, None)
-        self.waited += time.perf_counter() - t
-        return batch
+    def timed(self, batches):
+        """`batches`, adding the time spent waiting for each to the window."""
+        batches = iter(batches)
+        while True:
+            t = time.perf_counter()
+            batch = next(batches, None)
+            self.waited += time.perf_counter() - t
+            if batch is None:
+                return
+            yield batch
 
     def rates(self, images_per_step: int) -> dict[str, float]:
         """`images_per_s` and `data_wait` of the window, then start a new one."""
