@@ -34,7 +34,7 @@ __all__ = [
 # not the same as one planned that long from the start). Loader workers / prefetch / pinning are here
 # because the batch stream is identical for any value (the loader's contract). `data.shards` is a
 # path: the shard set's content is pinned by `data.manifest_sha256`, so moving the folder is fine.
-# `monitor.*` (the kNN retrieval monitor) runs under a forked RNG and restores every module's mode:
+# `data.log_sample_keys` only writes what was read. `monitor.*` (the kNN retrieval monitor) runs under a forked RNG and restores every module's mode:
 # a run with it on ends bitwise equal to one with it off (tests/personvit/engine/test_knn_monitor.py).
 # A trailing `.` matches a whole section.
 ALLOWED_BY_DEFAULT: tuple[str, ...] = (
@@ -49,6 +49,7 @@ ALLOWED_BY_DEFAULT: tuple[str, ...] = (
     "data.num_workers",
     "data.prefetch_factor",
     "data.pin_memory",
+    "data.log_sample_keys",
     "eval.",
     "monitor.",
 )

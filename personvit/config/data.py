@@ -64,6 +64,10 @@ class PretrainDataConfig:
         patch_size: ViT patch size; the mask grid is global_size // patch_size.
         max_corrupt: undecodable samples tolerated per loader (each is counted, logged and its slot
             refilled); one more stops the run with an error naming the shard and key.
+        log_sample_keys: every rank appends the keys of each micro-batch it trains on to
+            `<run>/sample_keys/rank<r>.jsonl` (`{"step", "first", "keys"}`; a resumed run rewrites
+            the steps after its checkpoint, so readers keep the last record per (step, first)).
+            To check which samples a run saw, e.g. across an elastic resume.
     """
 
     shards: str
@@ -97,6 +101,7 @@ class PretrainDataConfig:
     pred_start_epoch: int = 0
     patch_size: int = 16
     max_corrupt: int = 100
+    log_sample_keys: bool = False
 
     def __post_init__(self) -> None:
         if not self.shards:

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -44,11 +44,14 @@ class PretrainBatch:
         masks: bool [2, B, N] student masks (all False for views drawn unmasked).
         keys: sample keys, `shard/key`.
         epoch: epoch of the batch.
-        index: batch index inside the epoch (resume position = index + 1).
+        index: step index inside the epoch (resume position = index + 1).
         max_sigma: blur kernel size parameter (the config's largest sigma).
         jitter_impl: `exact` or `matrix` colour jitter (see `apply_photometric`).
         corrupt: `shard/key: reason` of samples that failed to decode; their slots hold a copy of
             another image of the batch with the slot's own random draws.
+        positions: epoch position of each sample (keys its random draws, drop path included).
+        first_index: global index of the first sample in its step (`batch_layout.py`).
+        micro, micro_batches: this micro-batch's number among the step's micro-batches on this rank.
     """
 
     global_crops: list[torch.Tensor]
@@ -61,24 +64,25 @@ class PretrainBatch:
     max_sigma: float = 2.0
     corrupt: list[str] = field(default_factory=list)
     jitter_impl: str = "exact"
+    positions: list[int] = field(default_factory=list)
+    first_index: int = 0
+    micro: int = 0
+    micro_batches: int = 1
 
     @property
     def batch_size(self) -> int:
         return len(self.keys)
 
-    def _map(self, fn) -> PretrainBatch:
-        return PretrainBatch(
-            [fn(t) for t in self.global_crops], [fn(t) for t in self.local_crops], self.photometric.map(fn),
-            fn(self.masks), self.keys, self.epoch, self.index, self.max_sigma, self.corrupt, self.jitter_impl,
-        )
-
     def pin_memory(self) -> PretrainBatch:
         """Called by DataLoader(pin_memory=True) on the main process side."""
-        return self._map(lambda t: t.pin_memory())
-
-    def to(self, device: torch.device | str) -> PretrainBatch:
-        """The uint8 batch on `device` (non-blocking from pinned memory)."""
-        return self._map(lambda t: t.to(device, non_blocking=True))
+        pin = lambda t: t.pin_memory()  # noqa: E731
+        return replace(
+            self,
+            global_crops=[pin(t) for t in self.global_crops],
+            local_crops=[pin(t) for t in self.local_crops],
+            photometric=self.photometric.map(pin),
+            masks=pin(self.masks),
+        )
 
     def views(self, device: torch.device | str) -> list[torch.Tensor]:
         """Normalised float32 views on `device`: 2 globals, then the locals.
@@ -112,8 +116,11 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(tensors, out=out)
 
 
-def collate(samples: list[SampleViews], n_global: int, epoch: int, index: int, max_sigma: float, corrupt: list[str],
-            jitter_impl: str = "exact") -> PretrainBatch:
+def collate(
+    samples: list[SampleViews], n_global: int, epoch: int, index: int, max_sigma: float, corrupt: list[str],
+    jitter_impl: str = "exact", *, positions: list[int] | None = None, first_index: int = 0, micro: int = 0,
+    micro_batches: int = 1,
+) -> PretrainBatch:
     """Stack samples into a `PretrainBatch`.
 
     Args:
@@ -123,6 +130,7 @@ def collate(samples: list[SampleViews], n_global: int, epoch: int, index: int, m
         max_sigma: forwarded for `views`.
         corrupt: corrupt-sample reports of this batch.
         jitter_impl: forwarded for `views`.
+        positions, first_index, micro, micro_batches: the samples' place in the step (`PretrainBatch`).
     """
     n_views = len(samples[0].crops)
     crops = [_stack([s.crops[v] for s in samples]) for v in range(n_views)]
@@ -135,5 +143,5 @@ def collate(samples: list[SampleViews], n_global: int, epoch: int, index: int, m
     masks = torch.from_numpy(np.stack([s.masks for s in samples], axis=1))  # [2, B, N]
     return PretrainBatch(
         crops[:n_global], crops[n_global:], photometric, masks, [s.key for s in samples], epoch, index, max_sigma, corrupt,
-        jitter_impl,
+        jitter_impl, list(positions or []), first_index, micro, micro_batches,
     )

@@ -2,10 +2,12 @@
 
 Every random choice is keyed by the sample's *global position* in the epoch (see `shards.py` for the
 order): crops by `numpy_rng(seed, Stream.CROP, epoch, position)`, photometric parameters by
-Stream.COLOR, masks by Stream.MASK. Batch `b` of a rank is positions `first + b*B .. first + b*B + B-1`
-and is built entirely by one worker; worker `k` of `K` builds batches `start_batch + k, + k + K, ...`,
-which torch's DataLoader hands back in exactly that round-robin order. So the stream is the same
-for any `num_workers`, and resuming at `start_batch` neither reads nor decodes skipped samples.
+Stream.COLOR, masks by Stream.MASK. Which positions a rank reads at each step is the run's
+`BatchLayout` (batch_layout.py): a rank's step is `A` micro-batches (1 unless the world size changed
+since the run's first start), item `i = b * A + k` being micro-batch `k` of step `b`. Each item is
+built entirely by one worker; worker `w` of `K` builds items `first + w, + w + K, ...`, which torch's
+DataLoader hands back in exactly that round-robin order. So the stream is the same for any
+`num_workers`, and resuming at a step neither reads nor decodes skipped samples.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from personvit.config.data import PretrainDataConfig
+from personvit.data.batch_layout import BatchLayout, LayoutError
 from personvit.data.collate import PretrainBatch, SampleViews, collate
 from personvit.data.multicrop import CropSpec, decode, multicrop
 from personvit.data.photometric import draw_photometric
-from personvit.data.shards import EpochOrder, ShardReader, rank_positions, read_manifest
+from personvit.data.shards import EpochOrder, ShardError, ShardReader, read_manifest
 from personvit.data.worker_quiet import quiet_worker_interrupts
 from personvit.masking import view_masks
 from personvit.rng import Stream, numpy_rng
@@ -48,12 +51,13 @@ def crop_specs(cfg: PretrainDataConfig) -> list[CropSpec]:
 
 
 class _EpochBatches(IterableDataset):
-    """Batches `start_batch..n-1` of one rank's epoch; split round-robin across DataLoader workers."""
+    """Micro-batches of one rank's epoch from step `start_batch` on; split round-robin across workers."""
 
     def __init__(self, loader: PretrainLoader, epoch: int, start_batch: int) -> None:
         self.cfg, self.seed, self.epoch = loader.cfg, loader.seed, epoch
-        self.shards, self.first = loader.shards, loader.first_position
-        self.start_batch, self.n_batches = start_batch, loader.batches_per_epoch
+        self.shards, self.layout, self.share = loader.shards, loader.layout, loader.share
+        self.start_item = start_batch * loader.share.micro_batches
+        self.n_items = loader.batches_per_epoch * loader.share.micro_batches
         self.specs = crop_specs(loader.cfg)
 
     def __iter__(self) -> Iterator[PretrainBatch]:
@@ -62,8 +66,8 @@ class _EpochBatches(IterableDataset):
         order = EpochOrder([s.num_samples for s in self.shards], self.seed, self.epoch, self.cfg.shuffle_group_shards)
         reader = ShardReader(self.shards)
         try:
-            for b in range(self.start_batch + wid, self.n_batches, nw):
-                yield self._batch(b, order, reader)
+            for item in range(self.start_item + wid, self.n_items, nw):
+                yield self._batch(item, order, reader)
         finally:
             reader.close()
 
@@ -81,10 +85,12 @@ class _EpochBatches(IterableDataset):
             masks = view_masks(cfg.grid_hw, 2, cfg.pred_ratio, cfg.pred_ratio_var, rng).numpy()
         return SampleViews(key, crops, photometric, masks)
 
-    def _batch(self, b: int, order: EpochOrder, reader: ShardReader) -> PretrainBatch:
-        """Batch `b`: read and decode its positions, refill corrupt slots, build and collate views."""
-        bs = self.cfg.batch_size_per_rank
-        positions = range(self.first + b * bs, self.first + (b + 1) * bs)
+    def _batch(self, item: int, order: EpochOrder, reader: ShardReader) -> PretrainBatch:
+        """Micro-batch `item`: read and decode its positions, refill corrupt slots, build and collate views."""
+        b, k = divmod(item, self.share.micro_batches)
+        m = self.share.micro_size
+        first = self.share.first + k * m
+        positions = self.layout.positions(b, first, m)
         keys, images, corrupt = [], [], []
         for p in positions:
             shard, member = order.locate(p)
@@ -100,14 +106,17 @@ class _EpochBatches(IterableDataset):
                 corrupt.append(f"{name}: {type(e).__name__}: {e}")
         good = [i for i, im in enumerate(images) if im is not None]
         if not good:
-            raise CorruptDataError(f"epoch {self.epoch} batch {b}: all {bs} samples are corrupt (first: {corrupt[0]})")
+            raise CorruptDataError(f"epoch {self.epoch} batch {b}: all {m} samples are corrupt (first: {corrupt[0]})")
         samples = []
         for i, p in enumerate(positions):
             # A corrupt slot takes the next good image of the batch (cyclically) but keeps its own
             # position's random draws, so batch size and every other slot are unaffected.
             src = images[i] if images[i] is not None else images[next((j for j in good if j > i), good[0])]
             samples.append(self._sample(p, src, keys[i]))
-        return collate(samples, 2, self.epoch, b, float(self.cfg.blur_sigma[1]), corrupt, self.cfg.jitter_impl)
+        return collate(
+            samples, 2, self.epoch, b, float(self.cfg.blur_sigma[1]), corrupt, self.cfg.jitter_impl,
+            positions=positions, first_index=first, micro=k, micro_batches=self.share.micro_batches,
+        )  # fmt: skip
 
 
 class PretrainLoader:
@@ -118,32 +127,51 @@ class PretrainLoader:
         seed: run seed.
         rank: this process's rank.
         world_size: number of ranks.
+        layout: the run's global batch layout (from its checkpoint on a resume); None makes the
+            first start's, `world_size` slots of `cfg.batch_size_per_rank`.
 
     Attributes:
-        batches_per_epoch: identical on every rank (remainder samples dropped, a different set each epoch).
+        layout: the global batch layout; `share`: this rank's part of each step.
+        batches_per_epoch: steps per epoch, identical on every rank (remainder samples dropped, a
+            different set each epoch).
         corrupt_skipped: undecodable samples met so far by this loader (all epochs).
+    Raises:
+        ShardError: a bad shard set, or too few samples for one step.
+        LayoutError: `world_size` cannot share `layout`'s global batch.
     """
 
-    def __init__(self, cfg: PretrainDataConfig, seed: int, rank: int, world_size: int) -> None:
+    def __init__(
+        self, cfg: PretrainDataConfig, seed: int, rank: int, world_size: int, layout: BatchLayout | None = None
+    ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.cfg, self.seed, self.rank, self.world_size = cfg, seed, rank, world_size
         self.shards = read_manifest(cfg.shards, cfg.split)
         self.num_samples = sum(s.num_samples for s in self.shards)
-        self.first_position, self.batches_per_epoch = rank_positions(
-            self.num_samples, cfg.batch_size_per_rank, rank, world_size
-        )
+        if layout is None:
+            try:
+                layout = BatchLayout.fresh(self.num_samples, world_size, cfg.batch_size_per_rank)
+            except LayoutError as e:
+                raise ShardError(str(e)) from None
+        elif layout.batches_per_epoch * layout.global_batch > self.num_samples:
+            raise ShardError(f"{cfg.shards}: {self.num_samples} samples cannot hold the run's layout {layout}")
+        self.layout = layout
+        self.share = layout.share(rank, world_size, cfg.batch_size_per_rank)
+        self.batches_per_epoch = layout.batches_per_epoch
         self.corrupt_skipped = 0
 
     def __len__(self) -> int:
         return self.batches_per_epoch
 
     def iter_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[PretrainBatch]:
-        """Yield batches `start_batch .. batches_per_epoch - 1` of `epoch`, in order.
+        """Yield the micro-batches of steps `start_batch .. batches_per_epoch - 1` of `epoch`, in order.
+
+        With one micro-batch per step (the world size of the run's first start) these are the steps'
+        batches; `iter_steps` groups them by step in any case.
 
         Args:
             epoch: epoch number (keys the order and every augmentation draw).
-            start_batch: first batch to produce (a resumed run passes the next unseen batch).
+            start_batch: first step to produce (a resumed run passes the next unseen step).
         Raises:
             CorruptDataError: once more than `max_corrupt` samples failed to decode.
         """
@@ -165,13 +193,26 @@ class PretrainLoader:
                     worker_init_fn=_worker_init,
                 )
             )
-        expected = start_batch
+        a = self.share.micro_batches
+        expected = start_batch * a
         for batch in batches:
-            if batch.index != expected:  # cheap guard on the ordering argument in the module docstring
-                raise RuntimeError(f"loader produced batch {batch.index} where {expected} was due")
+            # Cheap guard on the ordering argument in the module docstring.
+            if (batch.index, batch.micro) != divmod(expected, a):
+                raise RuntimeError(
+                    f"loader produced step {batch.index} micro-batch {batch.micro} where item {expected} was due"
+                )
             self._account(batch)
             expected += 1
             yield batch
+
+    def iter_steps(self, epoch: int, start_batch: int = 0) -> Iterator[list[PretrainBatch]]:
+        """Like `iter_epoch`, one list of the step's `share.micro_batches` micro-batches per step."""
+        step: list[PretrainBatch] = []
+        for batch in self.iter_epoch(epoch, start_batch):
+            step.append(batch)
+            if len(step) == self.share.micro_batches:
+                yield step
+                step = []
 
     def _account(self, batch: PretrainBatch) -> None:
         for report in batch.corrupt:

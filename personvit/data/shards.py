@@ -131,23 +131,6 @@ class EpochOrder:
         return self.groups[g][k], offset - starts[k]
 
 
-def rank_positions(total: int, batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
-    """(first position, batches per epoch) of `rank`'s contiguous block; equal on every rank.
-
-    Args:
-        total: samples in the epoch.
-        batch_size: per-rank batch size.
-        rank: this rank.
-        world_size: number of ranks.
-    """
-    batches = total // (batch_size * world_size)
-    if batches == 0:
-        raise ShardError(
-            f"{total} samples cannot fill one batch on each of {world_size} ranks (batch {batch_size} per rank)"
-        )
-    return rank * batches * batch_size, batches
-
-
 @dataclass(frozen=True)
 class MemberRef:
     """Where one sample's image bytes sit inside its tar."""

@@ -5,11 +5,18 @@ becomes normalised views on the device, the teacher sees the 2 global views, the
 with the global ones masked, `DINOMIMLoss` compares them, AdamW steps with the scheduled lr / weight
 decay, and the teacher follows the student by EMA.
 
-Exact resume rests on four things: every random draw of the data derives from (seed, epoch,
-position) (the loader's contract); torch's global generator (drop path) is reseeded per (step,
-rank) at the start of every step; schedules are arrays indexed by the global step; and a checkpoint holds everything else
-that evolves (weights, optimizer, scaler, loss centres, loader position). A rerun of the same
+Exact resume rests on four things: every random draw of the data and of drop path derives from
+(seed, epoch, position) (the loader's contract, models/drop_path.py); torch's global generator is
+reseeded per (step, rank) at the start of every step for anything else; schedules are arrays
+indexed by the global step; and a checkpoint holds everything else that evolves (weights,
+optimizer, scaler, loss centres, loader position, the global batch layout). A rerun of the same
 command finds `latest` in `run.dir` and continues; the run ends bitwise equal to an uninterrupted one.
+
+Elastic resume: the global batch layout is the first start's (data/batch_layout.py). A rerun on
+another world size with `--allow-change world_size` shares the same global batch among its ranks,
+with gradient accumulation where a rank's share exceeds `data.batch_size_per_rank`; every step sees
+the same samples with the same draws, so the run matches the uninterrupted one up to the order of
+floating-point reductions.
 """
 
 from __future__ import annotations
@@ -29,16 +36,20 @@ from personvit import cli_args, preemption
 from personvit.checkpoint import CheckpointManager
 from personvit.config.core import load_config
 from personvit.config.pretrain import PretrainConfig
+from personvit.data.batch_layout import BatchLayout, LayoutError
 from personvit.data.pretrain_loader import CorruptDataError, PretrainLoader
-from personvit.data.shards import ShardError
+from personvit.data.shards import ShardError, read_manifest
 from personvit.distributed import DistInfo, init_distributed, is_dist, shutdown
 from personvit.engine.errors import NonFiniteLossError
 from personvit.engine.grad_sync import FlatGradReducer
 from personvit.engine.knn_monitor import KnnMonitor
 from personvit.engine.loop import Checkpointer, Position, StepOutput, TrainLoop
 from personvit.engine.optim import apply_schedule, cancel_last_layer_grads, clip_grad_per_tensor_
+from personvit.engine.pretrain_state import LayoutPart, LoaderPosition, SampleKeyLog, TorchRng
 from personvit.engine.schedules import PretrainSchedules
-from personvit.engine.ssl_meta_arch import PersonViTSSL
+from personvit.engine.ssl_meta_arch import MicroBatch, PersonViTSSL
+from personvit.fingerprint import is_allowed
+from personvit.models.drop_path import sample_drop_uniforms
 from personvit.rng import seed_step
 from personvit.run_folder import open_run_folder
 from personvit.runlog import MetricsLogger, get_logger
@@ -55,14 +66,6 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def _layout(cfg: PretrainConfig, world_size: int, batches_per_epoch: int) -> dict[str, int]:
-    return {
-        "world_size": world_size,
-        "batch_size_per_rank": cfg.data.batch_size_per_rank,
-        "batches_per_epoch": batches_per_epoch,
-    }
-
-
 @dataclass
 class _Training:
     """What a step mutates, hence what a checkpoint holds (plus the loader position)."""
@@ -71,61 +74,19 @@ class _Training:
     grad_reducer: FlatGradReducer | None  # averages the student's gradients over ranks (world size > 1)
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    loader: PretrainLoader
-    layout: dict[str, int]
+    layout: LayoutPart
+    loader_position: LoaderPosition
 
-    def register(self, ckpt: Checkpointer, pos: Position) -> None:
+    def register(self, ckpt: Checkpointer) -> None:
         """Register the checkpointed parts; `layout` first, so another layout is refused before any load."""
-        ckpt.register("layout", _Layout(self.layout))
+        ckpt.register("layout", self.layout)
         ckpt.register("student", self.ssl.student)
         ckpt.register("teacher", self.ssl.teacher)
         ckpt.register("optimizer", self.optimizer)
         ckpt.register("scaler", self.scaler)
         ckpt.register("loss", self.ssl.loss_fn)
-        ckpt.register("loader", _LoaderPosition(pos, self.loader))
-        ckpt.register("rng", _TorchRng())
-
-
-class _Layout:
-    """The batch layout a run's positions and schedules are indexed by; a resume must have the same."""
-
-    def __init__(self, layout: dict[str, int]) -> None:
-        self.layout = layout
-
-    def state_dict(self) -> dict[str, int]:
-        return self.layout
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if state != self.layout:
-            # Positions and schedules are indexed by (epoch, batch): another layout would change them.
-            raise ValueError(
-                f"written by a run with {state}, this run has {self.layout}; resume needs the same "
-                "world size and batch size (or a new run.dir)"
-            )
-
-
-class _LoaderPosition:
-    """The loader's place (next epoch and batch, from the loop's position) and its corrupt-sample count."""
-
-    def __init__(self, pos: Position, loader: PretrainLoader) -> None:
-        self.pos, self.loader = pos, loader
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.pos.epoch, "next_batch": self.pos.batch, "corrupt_skipped": self.loader.corrupt_skipped}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.pos.epoch, self.pos.batch = int(state["epoch"]), int(state["next_batch"])
-        self.loader.corrupt_skipped = int(state["corrupt_skipped"])
-
-
-class _TorchRng:
-    """torch's global generator (drop path is reseeded per step; anything else drawing from it is kept)."""
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"torch": torch.get_rng_state()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        torch.set_rng_state(state["torch"])
+        ckpt.register("loader", self.loader_position)
+        ckpt.register("rng", TorchRng())
 
 
 def run(cfg: PretrainConfig, allow_change: Sequence[str] = ()) -> dict[str, Any]:
@@ -148,20 +109,20 @@ def run(cfg: PretrainConfig, allow_change: Sequence[str] = ()) -> dict[str, Any]
     try:
         d = dist_info
         with open_run_folder(cfg, "pretrain", d.rank, d.world_size, d.device, allow_change) as folder:
-            return _train(cfg, dist_info, folder.path)
+            return _train(cfg, dist_info, folder.path, allow_change)
     finally:
         if own_group:
             shutdown()
 
 
-def _build(cfg: PretrainConfig, dist_info: DistInfo) -> _Training:
-    rank, world, device = dist_info.rank, dist_info.world_size, dist_info.device
-    loader = PretrainLoader(cfg.data, cfg.run.seed, rank, world)
-    if loader.batches_per_epoch < 1:
-        raise ShardError(
-            f"{cfg.data.shards}: {loader.num_samples} samples give no full batch of "
-            f"{cfg.data.batch_size_per_rank} x {world} ranks"
-        )
+def _build(cfg: PretrainConfig, dist_info: DistInfo, allow_change: Sequence[str], pos: Position) -> _Training:
+    world, device = dist_info.world_size, dist_info.device
+    shards = read_manifest(cfg.data.shards, cfg.data.split)
+    try:
+        fresh = BatchLayout.fresh(sum(s.num_samples for s in shards), world, cfg.data.batch_size_per_rank)
+    except LayoutError as e:
+        raise ShardError(f"{cfg.data.shards}: {e}") from None
+    elastic = any(is_allowed(k, allow_change) for k in ("world_size", "data.batch_size_per_rank"))
     ssl = PersonViTSSL.from_config(cfg, world).to(device)
     # Not DDP: its bucket layout differs between the first step after a start and later ones, which
     # breaks exact resume at world size > 2 (personvit/engine/grad_sync.py says why and what was measured).
@@ -171,29 +132,21 @@ def _build(cfg: PretrainConfig, dist_info: DistInfo) -> _Training:
     )
     # lr and weight decay are set every step by `apply_schedule`.
     optimizer = torch.optim.AdamW(ssl.param_groups(), lr=0.0, betas=tuple(cfg.optim.betas), weight_decay=0.0)
-    return _Training(
-        ssl,
-        grad_reducer,
-        optimizer,
-        scaler,
-        loader,
-        _layout(cfg, world, loader.batches_per_epoch),
-    )
+    return _Training(ssl, grad_reducer, optimizer, scaler, LayoutPart(fresh, elastic), LoaderPosition(pos))
 
 
 def _step(
-    t: _Training, batch, views: list[torch.Tensor], epoch: int, momentum: float, cfg: PretrainConfig,
+    t: _Training, micro_batches: list[MicroBatch], epoch: int, momentum: float, cfg: PretrainConfig,
     autocast, on_non_finite,
 ) -> dict[str, float]:
-    """Zero the gradients, forward/backward (`PersonViTSSL`), clip, step, EMA.
+    """Zero the gradients, forward/backward over the micro-batches (`PersonViTSSL`), clip, step, EMA.
 
     Returns:
         The rank-averaged terms of `PersonViTSSL.forward_backward`.
     """
-    masks = batch.masks.to(views[0].device, non_blocking=True)
     t.optimizer.zero_grad(set_to_none=True)
     terms = t.ssl.forward_backward(
-        views, masks, epoch, scale=t.scaler.scale, autocast=autocast, on_non_finite=on_non_finite
+        micro_batches, epoch, scale=t.scaler.scale, autocast=autocast, on_non_finite=on_non_finite
     )
     if t.grad_reducer is not None:
         t.grad_reducer.all_reduce_mean_()
@@ -208,24 +161,31 @@ def _step(
     return terms
 
 
-def _train(cfg: PretrainConfig, dist_info: DistInfo, run_dir: Path) -> dict[str, Any]:
+def _train(cfg: PretrainConfig, dist_info: DistInfo, run_dir: Path, allow_change: Sequence[str]) -> dict[str, Any]:
     rank, world, device, is_main = dist_info.rank, dist_info.world_size, dist_info.device, dist_info.is_main
     preemption.install_handlers()
-    t = _build(cfg, dist_info)
-    niter = t.loader.batches_per_epoch
-    total_steps = cfg.train.epochs * niter
-    sched = PretrainSchedules.from_config(cfg.optim, cfg.train.epochs, niter, cfg.data.batch_size_per_rank * world)
+    pos = Position()
+    t = _build(cfg, dist_info, allow_change, pos)
     ckpt = Checkpointer(
         CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last, cfg.checkpoint.keep_every_epochs, is_main)
     )
-    pos = Position()
-    t.register(ckpt, pos)
+    t.register(ckpt)
     resumed = ckpt.load_latest() if cfg.checkpoint.resume else None
     if resumed is not None:
         pos.step = resumed[1]
         log.info("resumed from %s: step %d, epoch %d, batch %d", resumed[0], pos.step, pos.epoch, pos.batch)
     elif cfg.model.init:
         t.ssl.init_backbone(cfg.model.init)
+    # Built after the checkpoint: an elastic resume takes the run's layout from it.
+    layout = t.layout.layout
+    loader = PretrainLoader(cfg.data, cfg.run.seed, rank, world, layout)
+    t.loader_position.attach(loader)
+    if is_main and loader.share.micro_batches > 1:
+        log.info("each rank runs %d micro-batches of %d per step (gradient accumulation)",
+                 loader.share.micro_batches, loader.share.micro_size)
+    niter = layout.batches_per_epoch
+    total_steps = cfg.train.epochs * niter
+    sched = PretrainSchedules.from_config(cfg.optim, cfg.train.epochs, niter, layout.global_batch)
     metrics = MetricsLogger(
         run_dir / "metrics.jsonl", is_main, run_dir / "tb" if cfg.run.tensorboard else None
     )
@@ -235,30 +195,41 @@ def _train(cfg: PretrainConfig, dist_info: DistInfo, run_dir: Path) -> dict[str,
     )
     monitor = KnnMonitor(cfg.monitor, cfg.data.global_size, cfg.train.epochs, device, amp_dtype, is_main)
     window = _Window()
-    images_per_step = cfg.data.batch_size_per_rank * world
+    key_log = SampleKeyLog(run_dir, rank, cfg.data.log_sample_keys)
+    n_views = 2 + cfg.data.n_local
+    slots = t.ssl.student.backbone.drop_path_slots if cfg.model.drop_path_rate > 0 else 0
 
-    def step_fn(at: Position, batch) -> StepOutput:
-        if at.step != at.epoch * niter + batch.index or batch.index != at.batch:  # guards the resume arithmetic
-            raise RuntimeError(f"step {at.step} does not match epoch {at.epoch} batch {batch.index}")
+    def micro_batch(batch, epoch: int) -> MicroBatch:
+        masks = batch.masks.to(device, non_blocking=True)
+        uniforms = (
+            sample_drop_uniforms(cfg.run.seed, epoch, batch.positions, n_views, slots, device) if slots else None
+        )
+        return MicroBatch(batch.views(device), masks, uniforms)
+
+    def step_fn(at: Position, batches) -> StepOutput:
+        index = batches[0].index
+        if at.step != at.epoch * niter + index or index != at.batch:  # guards the resume arithmetic
+            raise RuntimeError(f"step {at.step} does not match epoch {at.epoch} batch {index}")
 
         def non_finite(**terms: float) -> None:
             bad = ", ".join(f"{k}={v}" for k, v in terms.items() if not math.isfinite(v))
             raise NonFiniteLossError(
-                f"non-finite loss at step {at.step} (epoch {at.epoch}, batch {batch.index}): {bad}; "
+                f"non-finite loss at step {at.step} (epoch {at.epoch}, batch {index}): {bad}; "
                 f"stopped before the update; last checkpoint with finite weights: {ckpt.manager.latest_finite()}"
             )
 
         epoch = at.epoch
         lr, wd, momentum = sched.at(at.step)
         apply_schedule(t.optimizer, lr, wd)
-        # Drop path (and anything else drawing from torch's global generator this step) becomes
-        # a function of (step, rank), not of the run's history: what makes resume exact.
+        # Anything drawing from torch's global generator this step becomes a function of (step,
+        # rank), not of the run's history (drop path draws per sample instead: see the docstring).
         seed_step(cfg.run.seed, at.step, rank)
-        views = batch.views(device)
-        terms = _step(t, batch, views, epoch, momentum, cfg, autocast, non_finite)
+        for batch in batches:
+            key_log.write(at.step, batch.first_index, batch.keys)
+        terms = _step(t, [micro_batch(b, epoch) for b in batches], epoch, momentum, cfg, autocast, non_finite)
         window.steps += 1
         # Before the epoch's checkpoint: a kill in between re-runs the epoch's tail, figures included.
-        knn = monitor.at_epoch_end(t.ssl.teacher.backbone, epoch) if batch.index == niter - 1 else {}
+        knn = monitor.at_epoch_end(t.ssl.teacher.backbone, epoch) if index == niter - 1 else {}
         temps = t.ssl.loss_fn.temperatures(epoch)
         logged = {
             "loss": terms["loss"], "dino": terms["dino"], "mim": terms["mim"], "lr": lr, "wd": wd,
@@ -268,18 +239,21 @@ def _train(cfg: PretrainConfig, dist_info: DistInfo, run_dir: Path) -> dict[str,
         last_loss[0] = terms["loss"]
         log_now = at.step + 1 == total_steps or bool(knn)
         if log_now or (at.step + 1) % cfg.run.log_every_steps == 0:  # the window is reset only when logged
-            logged.update(window.rates(images_per_step), corrupt_skipped=t.loader.corrupt_skipped, **knn)
+            logged.update(window.rates(layout.global_batch), corrupt_skipped=loader.corrupt_skipped, **knn)
         progress = {"loss": terms["loss"], "lr": lr, **{k: v for k, v in knn.items() if "map" in k}}
         return StepOutput(logged, progress, log_now)
 
     last_loss = [float("nan")]
     t.ssl.student.train()
     loop = TrainLoop(
-        "pretrain", cfg.train.epochs, lambda _: niter, lambda e, b: window.timed(t.loader.iter_epoch(e, b)),
+        "pretrain", cfg.train.epochs, lambda _: niter, lambda e, b: window.timed(loader.iter_steps(e, b)),
         step_fn, ckpt, metrics, cfg.checkpoint.every_steps, cfg.run.log_every_steps, cfg.run.progress_every_s,
         is_main,
     )  # fmt: skip
-    loop.run(pos)
+    try:
+        loop.run(pos)
+    finally:
+        key_log.close()
     final = ckpt.manager.latest()
     if is_main:
         log.info("pretraining done: %d steps, final checkpoint %s", pos.step, final)
@@ -327,7 +301,7 @@ def main(argv: list[str]) -> int:
     cfg = load_config(PretrainConfig, args.config, args.overrides)
     try:
         run(cfg, args.allow_change or ())
-    except (NonFiniteLossError, CorruptDataError, ShardError) as e:
+    except (NonFiniteLossError, CorruptDataError, ShardError, LayoutError) as e:
         print(f"personvit pretrain: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -3,10 +3,11 @@
 It owns the student, the teacher (with their heads) and the loss with its centres, and exposes the
 step's three moves explicitly, in the order a step makes them:
 
-1. `forward_backward(views, masks, epoch)`: teacher targets, collapse diagnostics, student forward,
-   loss, the explicit centre update, one all-reduce of the logged terms, the finiteness check and the
-   backward pass. It never touches the optimizer: the trainer zeroes gradients before it and steps
-   after it.
+1. `forward_backward(micro_batches, epoch)`: per micro-batch, teacher targets, collapse
+   diagnostics, student forward, loss, one all-reduce of the logged terms, the finiteness check and
+   the backward pass (gradients accumulate); then the explicit centre update, once per step from the
+   summed teacher statistics. It never touches the optimizer: the trainer zeroes gradients before
+   it and steps after it.
 2. (the trainer: gradient all-reduce, clipping, frozen last layer, optimizer step)
 3. `update_teacher(momentum)`: the EMA of the student into the teacher.
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -30,10 +31,24 @@ from personvit.engine.ssl_model import build_student_teacher, ema_update_, init_
 from personvit.losses import DINOMIMLoss, teacher_entropies
 from personvit.models.loading import LoadReport
 
-__all__ = ["PersonViTSSL", "TERMS"]
+__all__ = ["MicroBatch", "PersonViTSSL", "TERMS"]
 
 # What `forward_backward` returns, rank-averaged, in this order.
 TERMS = ("loss", "dino", "mim", "teacher_entropy", "teacher_mean_entropy")
+
+
+
+class MicroBatch(NamedTuple):
+    """One micro-batch of a step, on the device.
+
+    views: the 2 global views first, then the local ones, normalised, each [m, 3, H, W].
+    masks: [2, m, N] bool, the student's masked patches of the global views.
+    drop_uniforms: [V, m, slots] per-sample drop-path uniforms, or None (global generator).
+    """
+
+    views: Sequence[torch.Tensor]
+    masks: torch.Tensor
+    drop_uniforms: torch.Tensor | None = None
 
 
 class PersonViTSSL(nn.Module):
@@ -67,48 +82,65 @@ class PersonViTSSL(nn.Module):
 
     def forward_backward(
         self,
-        views: Sequence[torch.Tensor],
-        masks: torch.Tensor,
+        micro_batches: Sequence[MicroBatch],
         epoch: int,
         *,
         scale: Callable[[torch.Tensor], torch.Tensor] = lambda loss: loss,
         autocast: contextlib.AbstractContextManager | None = None,
         on_non_finite: Callable[..., Any] | None = None,
     ) -> dict[str, float]:
-        """Loss of one step, the centre update, and the backward pass; no optimizer work.
+        """Loss of one step over its equal-size micro-batches, backward, and the centre update.
+
+        The loss is a mean over samples, so the mean of the micro-batches' losses is the step's
+        loss and their accumulated gradients (each scaled by 1 / A) are the step's gradient. Every
+        micro-batch is scored against the centre of the previous step, which is updated once after
+        the last one from the summed teacher statistics, as if the step were one batch.
 
         Args:
-            views: the 2 global views first, then the local ones, normalised, on the device.
-            masks: [2, B, N] bool, the student's masked patches of the global views.
+            micro_batches: the step's micro-batches on this rank (one unless accumulating).
             epoch: picks the teacher temperatures.
             scale: applied to the loss before `backward` (the grad scaler's `scale`).
             autocast: the mixed-precision context of the forward passes (None: none).
             on_non_finite: called with `dino=, mim=, total=` when a term is NaN/inf on any rank; it
                 is expected to raise (no backward happens after it returns either way).
         Returns:
-            `TERMS`, averaged over ranks.
+            `TERMS`, averaged over ranks and micro-batches (the entropies are diagnostics of each
+            micro-batch's targets, so they depend on the micro-batch size).
         """
+        n = len(micro_batches)
+        stats, totals = None, [0.0] * len(TERMS)
+        for micro in micro_batches:
+            out, entropies, micro_stats = self._forward(micro, epoch, autocast)
+            stats = micro_stats if stats is None else stats + micro_stats
+            # One collective for logging, the diagnostics and agreeing on every rank that the loss is finite.
+            terms = (
+                all_reduce_sum_(torch.cat([torch.stack([out.total, out.dino, out.mim]).detach().float(), entropies]))
+                / self.world
+            )
+            values = [float(v) for v in terms.cpu()]
+            total, dino, mim = values[:3]
+            if not all(math.isfinite(v) for v in (total, dino, mim)):
+                if on_non_finite is not None:
+                    on_non_finite(dino=dino, mim=mim, total=total)
+                return dict(zip(TERMS, values))
+            # At n = 1 the loss is left as it is (no extra rounding): fixed-size runs stay bitwise.
+            scale(out.total if n == 1 else out.total / n).backward()
+            totals = [a + v for a, v in zip(totals, values)]
+        self.loss_fn.update_center_from_stats(stats)
+        return dict(zip(TERMS, totals if n == 1 else [v / n for v in totals]))
+
+    def _forward(self, micro: MicroBatch, epoch: int, autocast) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """(loss output, teacher entropies, centre statistics) of one micro-batch."""
+        views, masks = micro.views, micro.masks
         with autocast if autocast is not None else contextlib.nullcontext():
             with torch.no_grad():
                 t_out = self.teacher(views[:2], patch_views=2)
                 # Diagnostics of the targets the loss will see: the centre before this step's update.
                 entropies = teacher_entropies(t_out.cls, self.loss_fn.center, self.loss_fn.temperatures(epoch)[0])
-            s_out = self.student(views, masks=masks, patch_views=2)
+            s_out = self.student(views, masks=masks, patch_views=2, drop_uniforms=micro.drop_uniforms)
             out = self.loss_fn(s_out.cls, s_out.patch, t_out.cls, t_out.patch, masks, epoch, update_center=False)
-            self.update_center(t_out.cls, t_out.patch)
-        # One collective for logging, the diagnostics and agreeing on every rank that the loss is finite.
-        terms = (
-            all_reduce_sum_(torch.cat([torch.stack([out.total, out.dino, out.mim]).detach().float(), entropies]))
-            / self.world
-        )
-        values = [float(v) for v in terms.cpu()]
-        total, dino, mim = values[:3]
-        if not all(math.isfinite(v) for v in (total, dino, mim)):
-            if on_non_finite is not None:
-                on_non_finite(dino=dino, mim=mim, total=total)
-            return dict(zip(TERMS, values))
-        scale(out.total).backward()
-        return dict(zip(TERMS, values))
+            stats = self.loss_fn.center_stats(t_out.cls, t_out.patch)
+        return out, entropies, stats
 
     @torch.no_grad()
     def update_center(self, teacher_cls: torch.Tensor, teacher_patch: torch.Tensor) -> None:

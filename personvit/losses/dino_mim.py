@@ -282,14 +282,30 @@ class DINOMIMLoss(nn.Module):
             teacher_cls: [V, B, K] teacher CLS logits of this rank.
             teacher_patch: [V, B, N, Kp] teacher patch logits of this rank (mean over N per image).
         """
+        self.update_center_from_stats(self.center_stats(teacher_cls, teacher_patch))
+
+    @torch.no_grad()
+    def center_stats(self, teacher_cls: torch.Tensor, teacher_patch: torch.Tensor) -> torch.Tensor:
+        """This rank's sums for the centre update, flat `[cls sum (K), patch sum (Kp), count]`.
+
+        Sums rather than means, so the stats of a step's micro-batches add up (gradient accumulation).
+        """
         cls_sum = teacher_cls.detach().float().sum(dim=(0, 1))
         patch_sum = teacher_patch.detach().float().mean(dim=2).sum(dim=(0, 1))
-        count = torch.tensor(float(teacher_cls.shape[0] * teacher_cls.shape[1]), device=cls_sum.device)
+        count = torch.tensor([float(teacher_cls.shape[0] * teacher_cls.shape[1])], device=cls_sum.device)
+        return torch.cat([cls_sum, patch_sum, count])
+
+    @torch.no_grad()
+    def update_center_from_stats(self, stats: torch.Tensor) -> None:
+        """EMA of the centres towards the means of `center_stats` summed over a step and all ranks.
+
+        A collective when a process group exists: every rank must call it once per step.
+        """
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             # One collective for both centres and the count (ranks may differ in batch size).
-            flat = torch.cat([cls_sum, patch_sum, count.view(1)])
-            dist.all_reduce(flat)
-            cls_sum, patch_sum, count = flat[: cls_sum.numel()], flat[cls_sum.numel() : -1], flat[-1]
+            dist.all_reduce(stats)
+        k = self.center.numel()
+        cls_sum, patch_sum, count = stats[:k], stats[k:-1], stats[-1]
         m1, m2 = self.center_momentum, self.center_momentum2
         self.center.mul_(m1).add_(cls_sum / count, alpha=1 - m1)
         self.center2.mul_(m2).add_(patch_sum / count, alpha=1 - m2)

@@ -15,6 +15,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from personvit.models.drop_path import drop_path_uniforms
+
 __all__ = ["MultiCropOutput", "MultiCropWrapper"]
 
 
@@ -23,12 +25,10 @@ class MultiCropOutput(NamedTuple):
 
     cls: [V, B, K] CLS logits for every view, in input order.
     patch: [P, B, N, Kp] patch logits of the first P views, or None when P = 0.
-    features: [V, B, D] backbone CLS features (after the final norm), for monitoring and kNN.
     """
 
     cls: torch.Tensor
     patch: torch.Tensor | None
-    features: torch.Tensor
 
 
 def resolution_groups(crops: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
@@ -60,6 +60,7 @@ class MultiCropWrapper(nn.Module):
         crops: Sequence[torch.Tensor],
         masks: Sequence[torch.Tensor] | torch.Tensor | None = None,
         patch_views: int | None = None,
+        drop_uniforms: torch.Tensor | None = None,
     ) -> MultiCropOutput:
         """Forward every view.
 
@@ -68,6 +69,8 @@ class MultiCropWrapper(nn.Module):
             masks: masks [B, N] (bool) for the first len(masks) views, e.g. the student's 2 globals;
                 a [Vm, B, N] tensor is taken as Vm masks. None for the teacher.
             patch_views: how many leading views get patch logits; default the first resolution group.
+            drop_uniforms: [V, B, slots] per-sample drop-path uniforms (models/drop_path.py); None
+                draws drop path from torch's global generator.
         """
         if isinstance(crops, torch.Tensor):
             crops = [crops]
@@ -90,7 +93,7 @@ class MultiCropWrapper(nn.Module):
                 f"MultiCropWrapper: patch_views={patch_views} must lie within the first {groups[0][1]} same-size views"
             )
 
-        cls_out, patch_out, feats = [], [], []
+        cls_out, patch_out = [], []
         for start, end in groups:
             x = torch.cat(list(crops[start:end]))
             mask = None
@@ -104,8 +107,10 @@ class MultiCropWrapper(nn.Module):
                     for v in range(start, end)
                 ]
                 mask = torch.cat(group_masks)
-            tokens = self.backbone(x, mask=mask)
-            feats.append(tokens[:, 0])
+            # Rows of the group are view-major, like `x`.
+            uniforms = drop_uniforms[start:end].flatten(0, 1) if drop_uniforms is not None else None
+            with drop_path_uniforms(uniforms):
+                tokens = self.backbone(x, mask=mask)
             if start < patch_views:
                 cls, patch = self.head(tokens)
                 keep = min(end, patch_views) - start
@@ -116,5 +121,4 @@ class MultiCropWrapper(nn.Module):
 
         cls = torch.cat(cls_out).unflatten(0, (len(crops), batch))
         patch = torch.cat(patch_out) if patch_out else None
-        features = torch.cat(feats).unflatten(0, (len(crops), batch))
-        return MultiCropOutput(cls=cls, patch=patch, features=features)
+        return MultiCropOutput(cls=cls, patch=patch)

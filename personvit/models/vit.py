@@ -23,6 +23,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from personvit.models.attention import Attention, AttentionBackend, check_backend
+from personvit.models.drop_path import install_sample_drop_path
 
 __all__ = ["VIT_ARCHS", "VisionTransformer", "build_vit", "interpolate_pos_embed", "num_flops_forward"]
 
@@ -121,6 +122,8 @@ class VisionTransformer(nn.Module):
                 for i in range(depth)
             ]
         )
+        # Drop path decided per sample when the trainer gives uniforms (models/drop_path.py says why).
+        self.drop_path_slots = install_sample_drop_path(self.blocks)
         self.norm = _layer_norm(embed_dim)
         self.set_attn_backend(attn_backend)
         self._init_weights()

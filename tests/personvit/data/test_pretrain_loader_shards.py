@@ -10,7 +10,8 @@ import webdataset as wds
 
 from personvit.config.data import PretrainDataConfig
 from personvit.data.pretrain_loader import PretrainLoader
-from personvit.data.shards import EpochOrder, ShardReader, rank_positions, read_manifest
+from personvit.data.batch_layout import BatchLayout
+from personvit.data.shards import EpochOrder, ShardReader, read_manifest
 from shard_tools.pack import pack
 from shard_tools.synth import make_synthetic
 
@@ -81,8 +82,12 @@ def test_epoch_order_memory_does_not_grow_with_the_dataset():
 
 @pytest.mark.parametrize("total, bs, world", [(200, 8, 3), (152, 8, 2), (1000, 7, 5), (64, 64, 1)])
 def test_rank_blocks_are_equal_contiguous_and_disjoint(total, bs, world):
-    blocks = [rank_positions(total, bs, r, world) for r in range(world)]
+    layout = BatchLayout.fresh(total, world, bs)
     per_rank = total // (bs * world)
-    assert all(n == per_rank for _, n in blocks)
-    starts = [first for first, _ in blocks]
-    assert starts == [r * per_rank * bs for r in range(world)] and starts[-1] + per_rank * bs <= total
+    assert layout.batches_per_epoch == per_rank
+    for r in range(world):
+        share = layout.share(r, world, bs)
+        assert share.micro_batches == 1 and share.samples == bs
+        block = [p for b in range(per_rank) for p in layout.positions(b, share.first, bs)]
+        assert block == list(range(r * per_rank * bs, (r + 1) * per_rank * bs))  # contiguous, as always
+    assert (world * per_rank * bs) <= total

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from timm.layers import DropPath
 
 from personvit.config.pretrain import HeadConfig, PretrainModelConfig
 from personvit.engine.optim import (
@@ -16,6 +15,7 @@ from personvit.engine.optim import (
     param_groups,
 )
 from personvit.engine.ssl_model import build_student_teacher, ema_update_, init_backbone
+from personvit.models.drop_path import SampleDropPath
 
 TINY = PretrainModelConfig(
     arch="vit_tiny",
@@ -101,8 +101,8 @@ def test_student_and_teacher_start_equal_deterministic_and_leave_global_rng_alon
         s_state["backbone.blocks.0.attn.qkv.weight"], other.state_dict()["backbone.blocks.0.attn.qkv.weight"]
     )
     assert not any(p.requires_grad for p in teacher.parameters())
-    assert any(isinstance(m, DropPath) for m in student.modules())
-    assert not any(isinstance(m, DropPath) for m in teacher.modules())
+    assert any(isinstance(m, SampleDropPath) for m in student.modules())
+    assert not any(isinstance(m, SampleDropPath) for m in teacher.modules())
 
 
 def test_ema_update_moves_teacher_towards_student(pair):

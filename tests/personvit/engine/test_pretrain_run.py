@@ -24,7 +24,9 @@ from personvit.checkpoint import CheckpointManager, compare_checkpoints, load_ch
 from personvit.cli import main as cli_main  # noqa: E402
 from personvit.config.core import load_config  # noqa: E402
 from personvit.config.pretrain import PretrainConfig  # noqa: E402
+from personvit.data.batch_layout import BatchLayout  # noqa: E402
 from personvit.engine.pretrain import run  # noqa: E402
+from personvit.engine.pretrain_state import LayoutPart  # noqa: E402
 from tests.support.pretrain import SMALL, TINY_CONFIG, pretrain_cmd, subprocess_env, synthetic_lup_shards  # noqa: E402
 
 STEPS_PER_EPOCH = 128 // 16
@@ -235,8 +237,8 @@ def test_config_mistakes_are_one_line_errors(shards, tmp_path, capsys, override,
     assert status == 2 and len(err) == 1 and message in err[0], err
 
 
-def test_resume_with_another_batch_layout_is_refused(shards, tmp_path, capsys):
-    run(_cfg(shards, tmp_path / "run", "train.epochs=1"))
+def test_resume_with_another_batch_size_is_refused_unless_allowed_then_keeps_the_global_batch(shards, tmp_path, capsys):
+    first = run(_cfg(shards, tmp_path / "run", "train.epochs=1"))
     argv = [
         "pretrain",
         str(TINY_CONFIG),
@@ -250,7 +252,16 @@ def test_resume_with_another_batch_layout_is_refused(shards, tmp_path, capsys):
     assert cli_main(argv) == 2
     err = capsys.readouterr().err
     assert "\n  data.batch_size_per_rank: 16 -> 8\n" in err and "Traceback" not in err
-    # ...and allowing the change does not make the checkpoint's positions fit another layout.
-    assert cli_main([*argv, "--allow-change", "data.batch_size_per_rank"]) == 2
-    err = capsys.readouterr().err
-    assert "resume needs the same world size and batch size" in err and "'batch_size_per_rank': 16" in err
+    # ...and allowing it continues the run's layout (16 per step) as 2 micro-batches of 8: same steps.
+    assert cli_main([*argv, "--allow-change", "data.batch_size_per_rank"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 2 * first["step"]
+
+
+def test_layout_part_refuses_another_layout_unless_elastic():
+    saved = BatchLayout(1, 16, 8).state_dict()
+    with pytest.raises(ValueError, match="resume needs the same world size and batch size"):
+        LayoutPart(BatchLayout(1, 8, 16), elastic=False).load_state_dict(saved)
+    part = LayoutPart(BatchLayout(2, 16, 4), elastic=True)
+    part.load_state_dict(saved)
+    assert part.layout == BatchLayout(1, 16, 8)

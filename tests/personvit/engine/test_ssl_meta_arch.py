@@ -10,7 +10,7 @@ import torch
 from personvit.config.pretrain import HeadConfig, PretrainLossConfig, PretrainModelConfig, PretrainOptimConfig
 from personvit.engine.optim import no_weight_decay_names
 from personvit.engine.schedules import PretrainSchedules, pretrain_schedules
-from personvit.engine.ssl_meta_arch import TERMS, PersonViTSSL
+from personvit.engine.ssl_meta_arch import TERMS, MicroBatch, PersonViTSSL
 from personvit.engine.ssl_model import build_student_teacher
 from personvit.losses import DINOMIMLoss
 
@@ -56,7 +56,7 @@ def test_forward_backward_updates_the_centre_once_and_leaves_the_optimizer_alone
                                  t_out.cls, t_out.patch, masks, 0, update_center=False)
     reference.update_center(t_out.cls, t_out.patch)
 
-    terms = ssl.forward_backward(views, masks, epoch=0)
+    terms = ssl.forward_backward([MicroBatch(views, masks)], epoch=0)
     assert tuple(terms) == TERMS and terms["loss"] == pytest.approx(float(expected.total.detach()), rel=1e-6)
     assert torch.equal(ssl.loss_fn.center, reference.loss_fn.center)
     assert torch.equal(ssl.loss_fn.center2, reference.loss_fn.center2)
@@ -70,10 +70,49 @@ def test_non_finite_terms_call_back_before_any_backward(ssl):
     views[0] = views[0].clone()
     views[0][0, 0, 0, 0] = float("nan")
     seen = {}
-    terms = ssl.forward_backward(views, masks, epoch=0, on_non_finite=lambda **t: seen.update(t))
+    terms = ssl.forward_backward([MicroBatch(views, masks)], epoch=0, on_non_finite=lambda **t: seen.update(t))
     assert seen and not all(map(lambda v: v == v, seen.values()))  # NaN != NaN
     assert all(p.grad is None for p in ssl.student.parameters())
     assert set(terms) == set(TERMS)
+
+
+def _ssl(drop_path_rate: float) -> PersonViTSSL:
+    cfg = PretrainModelConfig(**{**TINY.__dict__, "drop_path_rate": drop_path_rate})
+    student, teacher = build_student_teacher(cfg, IMG, seed=5)
+    return PersonViTSSL(student, teacher, DINOMIMLoss.from_config(PretrainLossConfig(), cfg.head))
+
+
+def test_micro_batches_accumulate_to_the_whole_batchs_step():
+    """Two halves (gradient accumulation) == the whole batch: gradients, centres, terms; drop path per sample."""
+    g = torch.Generator().manual_seed(1)
+    b = 4
+    views = [torch.randn(b, 3, *IMG, generator=g) for _ in range(2)] + [torch.randn(b, 3, 32, 16, generator=g)]
+    masks = torch.rand(2, b, N, generator=g) < 0.3
+    whole, split = _ssl(0.3), _ssl(0.3)
+    slots = whole.student.backbone.drop_path_slots
+    uniforms = torch.rand(len(views), b, slots, generator=g)
+    terms = whole.forward_backward([MicroBatch(views, masks, uniforms)], epoch=0)
+    halves = [
+        MicroBatch([v[i : i + 2] for v in views], masks[:, i : i + 2], uniforms[:, i : i + 2]) for i in (0, 2)
+    ]
+    split_terms = split.forward_backward(halves, epoch=0)
+    for name in ("loss", "dino", "mim"):
+        assert split_terms[name] == pytest.approx(terms[name], rel=1e-5)
+    torch.testing.assert_close(split.loss_fn.center, whole.loss_fn.center, rtol=0, atol=1e-6)
+    torch.testing.assert_close(split.loss_fn.center2, whole.loss_fn.center2, rtol=0, atol=1e-6)
+    grads = dict(whole.student.named_parameters())
+    for name, p in split.student.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+    # The test can fail: other uniforms for the second half drop other paths, other gradients.
+    other = _ssl(0.3)
+    other.forward_backward([halves[0], halves[1]._replace(drop_uniforms=1 - halves[1].drop_uniforms)], epoch=0)
+    differs = [
+        not torch.allclose(p.grad, grads[n].grad, rtol=1e-4, atol=1e-6)
+        for n, p in other.student.named_parameters()
+        if p.grad is not None
+    ]
+    assert any(differs)
 
 
 def test_update_teacher_is_the_ema_of_the_student(ssl):
