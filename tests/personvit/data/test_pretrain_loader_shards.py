@@ -9,8 +9,8 @@ import pytest
 import webdataset as wds
 
 from personvit.config.data import PretrainDataConfig
-from personvit.data.pretrain_loader import PretrainLoader
 from personvit.data.batch_layout import BatchLayout
+from personvit.data.pretrain_loader import PretrainLoader
 from personvit.data.shards import EpochOrder, ShardReader, read_manifest
 from shard_tools.pack import pack
 from shard_tools.synth import make_synthetic

@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 from timm.layers import DropPath
 
-from personvit.models.drop_path import SampleDropPath, drop_path_uniforms, install_sample_drop_path, sample_drop_uniforms
+from personvit.models.drop_path import (
+    SampleDropPath,
+    drop_path_uniforms,
+    install_sample_drop_path,
+    sample_drop_uniforms,
+)
 from personvit.models.vit import build_vit
 
 
