@@ -28,11 +28,12 @@ class Stream(enum.IntEnum):
     CROP = 1  # geometric augmentation (crops, flips)
     COLOR = 2  # photometric parameters
     MASK = 3  # block masks
-    MODEL = 4  # dropout / drop path of a training step
+    MODEL = 4  # dropout / drop path drawn from the global generator (seed_step: per step and rank)
     SAMPLER = 5  # PK sampler
     ERASE = 6  # random erasing
     SYNTH = 7  # synthetic data generation
     INIT = 8  # model initialisation
+    DROP_PATH = 9  # per-sample drop path of pretraining (models/drop_path.py)
 
 
 def derive_seed(seed: int, *keys: int) -> int:

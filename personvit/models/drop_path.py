@@ -93,7 +93,7 @@ def install_sample_drop_path(blocks: nn.Sequential) -> int:
 def sample_drop_uniforms(
     seed: int, epoch: int, positions: Sequence[int], views: int, slots: int, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """[views, len(positions), slots] uniforms, sample `p`'s from `numpy_rng(seed, Stream.MODEL, epoch, p)`.
+    """[views, len(positions), slots] uniforms, sample `p`'s from `numpy_rng(seed, Stream.DROP_PATH, epoch, p)`.
 
     Args:
         seed: run seed.
@@ -103,5 +103,5 @@ def sample_drop_uniforms(
         slots: drop-path slots of the backbone (`VisionTransformer.drop_path_slots`).
         device: where the result goes.
     """
-    draws = np.stack([numpy_rng(seed, Stream.MODEL, epoch, p).random((views, slots), dtype=np.float32) for p in positions])
+    draws = np.stack([numpy_rng(seed, Stream.DROP_PATH, epoch, p).random((views, slots), dtype=np.float32) for p in positions])
     return torch.from_numpy(draws).transpose(0, 1).contiguous().to(device, non_blocking=True)
