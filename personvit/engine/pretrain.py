@@ -162,7 +162,7 @@ def _step(
 
 
 def _train(cfg: PretrainConfig, dist_info: DistInfo, run_dir: Path, allow_change: Sequence[str]) -> dict[str, Any]:
-    rank, world, device, is_main = dist_info.rank, dist_info.world_size, dist_info.device, dist_info.is_main
+    rank, world, is_main = dist_info.rank, dist_info.world_size, dist_info.is_main
     preemption.install_handlers()
     pos = Position()
     t = _build(cfg, dist_info, allow_change, pos)
@@ -177,83 +177,26 @@ def _train(cfg: PretrainConfig, dist_info: DistInfo, run_dir: Path, allow_change
     elif cfg.model.init:
         t.ssl.init_backbone(cfg.model.init)
     # Built after the checkpoint: an elastic resume takes the run's layout from it.
-    layout = t.layout.layout
-    loader = PretrainLoader(cfg.data, cfg.run.seed, rank, world, layout)
+    loader = PretrainLoader(cfg.data, cfg.run.seed, rank, world, t.layout.layout)
     t.loader_position.attach(loader)
     if is_main and loader.share.micro_batches > 1:
         log.info("each rank runs %d micro-batches of %d per step (gradient accumulation)",
                  loader.share.micro_batches, loader.share.micro_size)
-    niter = layout.batches_per_epoch
-    total_steps = cfg.train.epochs * niter
-    sched = PretrainSchedules.from_config(cfg.optim, cfg.train.epochs, niter, layout.global_batch)
     metrics = MetricsLogger(
         run_dir / "metrics.jsonl", is_main, run_dir / "tb" if cfg.run.tensorboard else None
     )
-    amp_dtype = autocast_dtype(cfg.train.precision, device)
-    autocast = (
-        torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
-    )
-    monitor = KnnMonitor(cfg.monitor, cfg.data.global_size, cfg.train.epochs, device, amp_dtype, is_main)
-    window = _Window()
-    key_log = SampleKeyLog(run_dir, rank, cfg.data.log_sample_keys)
-    n_views = 2 + cfg.data.n_local
-    slots = t.ssl.student.backbone.drop_path_slots if cfg.model.drop_path_rate > 0 else 0
-
-    def micro_batch(batch, epoch: int) -> MicroBatch:
-        masks = batch.masks.to(device, non_blocking=True)
-        uniforms = (
-            sample_drop_uniforms(cfg.run.seed, epoch, batch.positions, n_views, slots, device) if slots else None
-        )
-        return MicroBatch(batch.views(device), masks, uniforms)
-
-    def step_fn(at: Position, batches) -> StepOutput:
-        index = batches[0].index
-        if at.step != at.epoch * niter + index or index != at.batch:  # guards the resume arithmetic
-            raise RuntimeError(f"step {at.step} does not match epoch {at.epoch} batch {index}")
-
-        def non_finite(**terms: float) -> None:
-            bad = ", ".join(f"{k}={v}" for k, v in terms.items() if not math.isfinite(v))
-            raise NonFiniteLossError(
-                f"non-finite loss at step {at.step} (epoch {at.epoch}, batch {index}): {bad}; "
-                f"stopped before the update; last checkpoint with finite weights: {ckpt.manager.latest_finite()}"
-            )
-
-        epoch = at.epoch
-        lr, wd, momentum = sched.at(at.step)
-        apply_schedule(t.optimizer, lr, wd)
-        # Anything drawing from torch's global generator this step becomes a function of (step,
-        # rank), not of the run's history (drop path draws per sample instead: see the docstring).
-        seed_step(cfg.run.seed, at.step, rank)
-        for batch in batches:
-            key_log.write(at.step, batch.first_index, batch.keys)
-        terms = _step(t, [micro_batch(b, epoch) for b in batches], epoch, momentum, cfg, autocast, non_finite)
-        window.steps += 1
-        # Before the epoch's checkpoint: a kill in between re-runs the epoch's tail, figures included.
-        knn = monitor.at_epoch_end(t.ssl.teacher.backbone, epoch) if index == niter - 1 else {}
-        temps = t.ssl.loss_fn.temperatures(epoch)
-        logged = {
-            "loss": terms["loss"], "dino": terms["dino"], "mim": terms["mim"], "lr": lr, "wd": wd,
-            "momentum": momentum, "teacher_temp": temps[0], "teacher_patch_temp": temps[1],
-            "teacher_entropy": terms["teacher_entropy"], "teacher_mean_entropy": terms["teacher_mean_entropy"],
-        }  # fmt: skip
-        last_loss[0] = terms["loss"]
-        log_now = at.step + 1 == total_steps or bool(knn)
-        if log_now or (at.step + 1) % cfg.run.log_every_steps == 0:  # the window is reset only when logged
-            logged.update(window.rates(layout.global_batch), corrupt_skipped=loader.corrupt_skipped, **knn)
-        progress = {"loss": terms["loss"], "lr": lr, **{k: v for k, v in knn.items() if "map" in k}}
-        return StepOutput(logged, progress, log_now)
-
-    last_loss = [float("nan")]
+    step = _PretrainStep(cfg, t, loader, ckpt, dist_info, SampleKeyLog(run_dir, rank, cfg.data.log_sample_keys))
     t.ssl.student.train()
+    niter = loader.batches_per_epoch
     loop = TrainLoop(
-        "pretrain", cfg.train.epochs, lambda _: niter, lambda e, b: window.timed(loader.iter_steps(e, b)),
-        step_fn, ckpt, metrics, cfg.checkpoint.every_steps, cfg.run.log_every_steps, cfg.run.progress_every_s,
+        "pretrain", cfg.train.epochs, lambda _: niter, lambda e, b: step.window.timed(loader.iter_steps(e, b)),
+        step, ckpt, metrics, cfg.checkpoint.every_steps, cfg.run.log_every_steps, cfg.run.progress_every_s,
         is_main,
     )  # fmt: skip
     try:
         loop.run(pos)
     finally:
-        key_log.close()
+        step.key_log.close()
     final = ckpt.manager.latest()
     if is_main:
         log.info("pretraining done: %d steps, final checkpoint %s", pos.step, final)
@@ -262,8 +205,91 @@ def _train(cfg: PretrainConfig, dist_info: DistInfo, run_dir: Path, allow_change
         "step": pos.step,
         "epoch": pos.epoch,
         "checkpoint": str(final) if final else None,
-        "loss": last_loss[0],
+        "loss": step.last_loss,
     }
+
+
+class _PretrainStep:
+    """The loop's step function: schedules, the step's micro-batches on the device, `_step`, metrics.
+
+    Args:
+        cfg: the run's config.
+        t: the training state.
+        loader: the run's loader (its layout gives steps per epoch and the global batch).
+        ckpt: named in the non-finite error (last checkpoint with finite weights).
+        dist_info: rank and device.
+        key_log: the sample-key log (`data.log_sample_keys`).
+    """
+
+    def __init__(
+        self, cfg: PretrainConfig, t: _Training, loader: PretrainLoader, ckpt: Checkpointer, dist_info: DistInfo,
+        key_log: SampleKeyLog,
+    ) -> None:  # fmt: skip
+        self.cfg, self.t, self.loader, self.ckpt, self.key_log = cfg, t, loader, ckpt, key_log
+        self.rank, self.device = dist_info.rank, dist_info.device
+        layout = loader.layout
+        self.niter, self.global_batch = layout.batches_per_epoch, layout.global_batch
+        self.total_steps = cfg.train.epochs * self.niter
+        self.sched = PretrainSchedules.from_config(cfg.optim, cfg.train.epochs, self.niter, layout.global_batch)
+        amp_dtype = autocast_dtype(cfg.train.precision, self.device)
+        self.autocast = (
+            torch.autocast(self.device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+        )
+        self.monitor = KnnMonitor(
+            cfg.monitor, cfg.data.global_size, cfg.train.epochs, self.device, amp_dtype, dist_info.is_main
+        )
+        self.window = _Window()
+        self.n_views = 2 + cfg.data.n_local
+        self.slots = t.ssl.student.backbone.drop_path_slots if cfg.model.drop_path_rate > 0 else 0
+        self.last_loss = float("nan")
+
+    def micro_batch(self, batch, epoch: int) -> MicroBatch:
+        """A loader micro-batch as device tensors, with its samples' drop-path uniforms."""
+        masks = batch.masks.to(self.device, non_blocking=True)
+        uniforms = None
+        if self.slots:
+            uniforms = sample_drop_uniforms(
+                self.cfg.run.seed, epoch, batch.positions, self.n_views, self.slots, self.device
+            )
+        return MicroBatch(batch.views(self.device), masks, uniforms)
+
+    def __call__(self, at: Position, batches) -> StepOutput:
+        cfg, t = self.cfg, self.t
+        index, epoch = batches[0].index, at.epoch
+        if at.step != epoch * self.niter + index or index != at.batch:  # guards the resume arithmetic
+            raise RuntimeError(f"step {at.step} does not match epoch {epoch} batch {index}")
+
+        def non_finite(**terms: float) -> None:
+            bad = ", ".join(f"{k}={v}" for k, v in terms.items() if not math.isfinite(v))
+            raise NonFiniteLossError(
+                f"non-finite loss at step {at.step} (epoch {epoch}, batch {index}): {bad}; stopped before the "
+                f"update; last checkpoint with finite weights: {self.ckpt.manager.latest_finite()}"
+            )
+
+        lr, wd, momentum = self.sched.at(at.step)
+        apply_schedule(t.optimizer, lr, wd)
+        # Anything drawing from torch's global generator this step becomes a function of (step,
+        # rank), not of the run's history (drop path draws per sample instead: see the docstring).
+        seed_step(cfg.run.seed, at.step, self.rank)
+        for batch in batches:
+            self.key_log.write(at.step, batch.first_index, batch.keys)
+        micro = [self.micro_batch(b, epoch) for b in batches]
+        terms = _step(t, micro, epoch, momentum, cfg, self.autocast, non_finite)
+        self.window.steps += 1
+        # Before the epoch's checkpoint: a kill in between re-runs the epoch's tail, figures included.
+        knn = self.monitor.at_epoch_end(t.ssl.teacher.backbone, epoch) if index == self.niter - 1 else {}
+        temps = t.ssl.loss_fn.temperatures(epoch)
+        logged = {
+            "loss": terms["loss"], "dino": terms["dino"], "mim": terms["mim"], "lr": lr, "wd": wd,
+            "momentum": momentum, "teacher_temp": temps[0], "teacher_patch_temp": temps[1],
+            "teacher_entropy": terms["teacher_entropy"], "teacher_mean_entropy": terms["teacher_mean_entropy"],
+        }  # fmt: skip
+        self.last_loss = terms["loss"]
+        log_now = at.step + 1 == self.total_steps or bool(knn)
+        if log_now or (at.step + 1) % cfg.run.log_every_steps == 0:  # the window is reset only when logged
+            logged.update(self.window.rates(self.global_batch), corrupt_skipped=self.loader.corrupt_skipped, **knn)
+        progress = {"loss": terms["loss"], "lr": lr, **{k: v for k, v in knn.items() if "map" in k}}
+        return StepOutput(logged, progress, log_now)
 
 
 class _Window:
