@@ -251,7 +251,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.run.seed)  # only a random-init baseline draws anything
     model, source = build_eval_model(cfg)
     model.to(device)
-    amp_dtype, _ = amp_settings(device, cfg.train.amp)
+    amp_dtype, _ = amp_settings(device, cfg.amp)
     return evaluate_model(model, cfg.data, cfg.eval, run_dir, device, amp_dtype, extra={"weights": source})
 
 
