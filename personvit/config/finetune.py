@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from personvit.config.core import ConfigError, from_dict
 from personvit.config.sections import CheckpointConfig, DistConfig, RunConfig
+from personvit.precision import Precision
 
 
 def _check_prob(name: str, p: float) -> None:
@@ -127,8 +128,9 @@ class FinetuneTrainConfig:
         min_lr_factor: cosine floor as a fraction of the lr.
         id_loss_weight, triplet_loss_weight: loss weights (1:1).
         label_smoothing: cross-entropy label smoothing (0 in the recipe).
-        amp: mixed precision: `auto` = on CUDA bf16 when supported, else fp16 with a grad scaler,
-            off on CPU; `bf16` / `fp16` force a dtype (also under CPU autocast); `off`.
+        amp: precision (personvit/precision.py): `auto` = on CUDA bf16 when supported, else fp16 with a
+            grad scaler, fp32 on CPU; `bf16` / `fp16` force a dtype (also under CPU autocast); `fp32`
+            (`off`, the older spelling, is accepted and kept as written: run folders record it).
         max_steps_per_epoch: cap on batches per epoch (0 = a full pass of the PK sampler); for demos.
     """
 
@@ -147,7 +149,7 @@ class FinetuneTrainConfig:
     id_loss_weight: float = 1.0
     triplet_loss_weight: float = 1.0
     label_smoothing: float = 0.0
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    amp: Precision = "auto"
     max_steps_per_epoch: int = 0
 
     def __post_init__(self) -> None:
@@ -228,7 +230,7 @@ class EvaluateConfig:
     Attributes:
         weights: what to evaluate: a fine-tuning run folder or `ckpt-*.pt` (its full ReID model);
             empty = the backbone of `model.init` (a pretraining checkpoint, or random when unset).
-        amp: autocast of the forward passes (vocabulary of `train.amp`); unset, it is the recipe's
+        amp: precision of the forward passes (personvit/precision.py, as `train.amp`); unset, it is the recipe's
             `train.amp`, so a model is evaluated at the precision it was fine-tuned at.
     """
 
@@ -237,7 +239,7 @@ class EvaluateConfig:
     model: ReIDModelConfig = field(default_factory=ReIDModelConfig)
     eval: EvalOptions = field(default_factory=EvalOptions)
     weights: str = ""
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    amp: Precision = "auto"
 
     def __post_init__(self) -> None:
         if not self.data.shards:
