@@ -153,23 +153,21 @@ class CheckpointManager:
                 yield p
 
     # ----------------------------------------------------------------- save
-    def save(self, state: dict[str, Any], step: int, epoch: int, end_of_epoch: bool = False,
-             keep_forever: bool | None = None) -> Path | None:
+    def save(self, state: dict[str, Any], step: int, epoch: int, end_of_epoch: bool = False) -> Path | None:
         """Write a checkpoint atomically and apply retention. No-op (returns None) off the main rank.
 
         Args:
             state: plain dict of tensors / scalars / str / None / lists / tuples / dicts.
             step: optimiser steps done; names the file.
             epoch: epochs completed when `end_of_epoch`, else the epoch in progress.
-            end_of_epoch: saved at an epoch boundary (eligible for keep-forever).
-            keep_forever: override the keep-forever decision.
+            end_of_epoch: saved at an epoch boundary (eligible for keep-forever, every
+                `keep_every_epochs` epochs).
         """
         if not self.is_main:
             return None
         self.root.mkdir(parents=True, exist_ok=True)
-        if keep_forever is None:
-            keep_forever = bool(end_of_epoch and self.keep_every_epochs and epoch > 0
-                                and epoch % self.keep_every_epochs == 0)
+        keep_forever = bool(end_of_epoch and self.keep_every_epochs and epoch > 0
+                            and epoch % self.keep_every_epochs == 0)
         payload = {"format": FORMAT, "version": VERSION, "step": int(step), "epoch": int(epoch),
                    "end_of_epoch": bool(end_of_epoch), "state": state}
         path = self.root / _ckpt_name(step)

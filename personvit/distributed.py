@@ -187,14 +187,6 @@ def all_reduce_sum_(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def all_reduce_mean_(t: torch.Tensor) -> torch.Tensor:
-    """In-place mean over ranks (identity on a single process)."""
-    if is_dist():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t.div_(dist.get_world_size())
-    return t
-
-
 def all_reduce_max_(t: torch.Tensor) -> torch.Tensor:
     """In-place max over ranks: used to agree on flags (any rank preempted -> all stop)."""
     if is_dist():

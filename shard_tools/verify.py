@@ -6,12 +6,12 @@ import hashlib
 import io
 import json
 import multiprocessing as mp
-import tarfile
 from pathlib import Path
 
 from PIL import Image
 
 from personvit.data.format import IMAGE_EXT, META_EXT, META_KEYS, SAMPLE_EXTS
+from personvit.data.tar_reader import TarReadError, iter_members
 from personvit.runlog import ProgressReporter
 from shard_tools.manifest import read_manifest
 
@@ -40,27 +40,25 @@ def verify_shard(path: Path, samples: int, nbytes: int, sha256: str, decode: boo
         return f"{name}: sha256 mismatch (modified since packing)"
     keys: dict[str, set[str]] = {}
     try:
-        with tarfile.open(path, "r:") as tar:
-            for m in tar:
-                if not m.isfile():
-                    return f"{name}: member {m.name} is not a regular file"
-                key, _, ext = m.name.partition(".")
-                if "/" in key or not ext:
-                    return f"{name}: member {m.name} is not `key.ext`"
-                keys.setdefault(key, set()).add(ext)
-                data = tar.extractfile(m).read()
-                try:
-                    if ext == IMAGE_EXT and decode:
-                        with Image.open(io.BytesIO(data), formats=["JPEG"]) as im:
-                            im.load()
-                    elif ext == META_EXT:
-                        meta = json.loads(data)
-                        if not JSON_KEYS <= meta.keys():
-                            return f"{name}: {m.name} lacks {sorted(JSON_KEYS - meta.keys())}"
-                except Exception as e:  # any decode error type means a bad member
-                    return f"{name}: {m.name} does not decode ({type(e).__name__}: {e})"
-    except (tarfile.TarError, OSError) as e:
-        return f"{name}: unreadable tar ({type(e).__name__}: {e})"
+        for m in iter_members(path, read_data=True):
+            if not m.is_file:
+                return f"{name}: member {m.name} is not a regular file"
+            key, _, ext = m.name.partition(".")  # stricter than the readers' grouping: flat, exact case
+            if "/" in key or not ext:
+                return f"{name}: member {m.name} is not `key.ext`"
+            keys.setdefault(key, set()).add(ext)
+            try:
+                if ext == IMAGE_EXT and decode:
+                    with Image.open(io.BytesIO(m.data), formats=["JPEG"]) as im:
+                        im.load()
+                elif ext == META_EXT:
+                    meta = json.loads(m.data)
+                    if not JSON_KEYS <= meta.keys():
+                        return f"{name}: {m.name} lacks {sorted(JSON_KEYS - meta.keys())}"
+            except Exception as e:  # any decode error type means a bad member
+                return f"{name}: {m.name} does not decode ({type(e).__name__}: {e})"
+    except TarReadError as e:
+        return f"{name}: unreadable tar ({type(e.cause).__name__}: {e.cause})"
     incomplete = [k for k, exts in keys.items() if exts != SAMPLE_EXTS]
     if incomplete:
         return f"{name}: sample {incomplete[0]} has members {sorted(keys[incomplete[0]])}, expected jpg + json"

@@ -17,7 +17,7 @@ from pathlib import Path
 from slurm.jobs import CommandJob
 from slurm.launch import Submission, absolute_folder, render_sbatch, submit
 from slurm.profiles import load_profile
-from slurm.submit import split_overrides
+from slurm.recipes import split_overrides
 
 ENTRY = "shard_tools.cli:main"
 

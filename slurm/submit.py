@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
 from collections.abc import Sequence
@@ -23,14 +22,7 @@ from typing import Any
 
 import yaml
 
-from personvit.config.core import (
-    ConfigError,
-    config_to_dict,
-    deep_merge,
-    load_config,
-    parse_overrides,
-    read_yaml,
-)
+from personvit.config.core import ConfigError
 from slurm.launch import (
     Submission,
     SubmissionError,
@@ -42,36 +34,7 @@ from slurm.launch import (
     submit,
 )
 from slurm.profiles import ClusterProfile, load_profile
-
-SCHEMAS = {
-    "pretrain": "personvit.config.pretrain:PretrainConfig",
-    "finetune": "personvit.config.finetune:FinetuneConfig",
-}
-
-
-def split_overrides(items: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(`cluster.` overrides without the prefix, recipe overrides)."""
-    cluster, recipe = [], []
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"argument '{item}' is not of the form key=value")
-        (cluster if item.startswith("cluster.") else recipe).append(item.removeprefix("cluster."))
-    return cluster, recipe
-
-
-def resolve_recipe(kind: str, config: str, overrides: Sequence[str], validate: bool = True) -> dict[str, Any]:
-    """The recipe as the job will see it, validated against its schema before anything is queued.
-
-    A typo found here costs nothing; found by the job it costs the queue wait.
-    """
-    if not validate:
-        return deep_merge(read_yaml(config), parse_overrides(overrides))
-    module, _, name = SCHEMAS[kind].partition(":")
-    try:
-        schema = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"cannot validate a {kind} recipe: {SCHEMAS[kind]} unavailable ({e})") from None
-    return config_to_dict(load_config(schema, config, overrides))
+from slurm.recipes import resolve_recipe, split_overrides
 
 
 def input_problems(kind: str, recipe: dict[str, Any]) -> list[str]:

@@ -24,7 +24,7 @@ from personvit.report.sweep_table import METRICS, PLAN_NAME, markdown_table, rea
 from slurm.jobs import ENTRY_POINTS, TrainJob
 from slurm.launch import Submission, absolute_folder, render_sbatch, submit
 from slurm.profiles import load_profile
-from slurm.submit import resolve_recipe, split_overrides
+from slurm.recipes import resolve_recipe, split_overrides
 
 
 @dataclass(frozen=True)

@@ -221,10 +221,15 @@ def from_dict(schema: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         schema: a dataclass type whose fields may themselves be dataclasses.
         data: the values; missing fields take their defaults.
         prefix: dotted path of this section, for error messages.
+    A schema may define a classmethod `prepare_config_data(data) -> dict`, applied to `data` first.
+
     Raises:
         ConfigError: unknown key (with a suggestion), wrong type, missing required value, or a
             `__post_init__` validation failure, each naming the dotted key.
     """
+    prepare = getattr(schema, "prepare_config_data", None)
+    if prepare is not None:  # a schema that reads past parts of another's recipe (EvaluateConfig)
+        data = prepare(data)
     hints = get_type_hints(schema)
     fields = {f.name: f for f in dataclasses.fields(schema) if f.init}
     dotted = (prefix + ".") if prefix else ""

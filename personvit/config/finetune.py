@@ -6,10 +6,13 @@ key so the recipes in `configs/finetune/` only state what differs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+from personvit.config.core import ConfigError, from_dict
 from personvit.config.sections import CheckpointConfig, DistConfig, RunConfig
+from personvit.precision import Precision
 
 
 def _check_prob(name: str, p: float) -> None:
@@ -125,8 +128,9 @@ class FinetuneTrainConfig:
         min_lr_factor: cosine floor as a fraction of the lr.
         id_loss_weight, triplet_loss_weight: loss weights (1:1).
         label_smoothing: cross-entropy label smoothing (0 in the recipe).
-        amp: mixed precision: `auto` = on CUDA bf16 when supported, else fp16 with a grad scaler,
-            off on CPU; `bf16` / `fp16` force a dtype (also under CPU autocast); `off`.
+        amp: precision (personvit/precision.py): `auto` = on CUDA bf16 when supported, else fp16 with a
+            grad scaler, fp32 on CPU; `bf16` / `fp16` force a dtype (also under CPU autocast); `fp32`
+            (`off`, the older spelling, is accepted and kept as written: run folders record it).
         max_steps_per_epoch: cap on batches per epoch (0 = a full pass of the PK sampler); for demos.
     """
 
@@ -145,7 +149,7 @@ class FinetuneTrainConfig:
     id_loss_weight: float = 1.0
     triplet_loss_weight: float = 1.0
     label_smoothing: float = 0.0
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    amp: Precision = "auto"
     max_steps_per_epoch: int = 0
 
     def __post_init__(self) -> None:
@@ -210,13 +214,56 @@ class FinetuneConfig:
             raise ValueError("data.shards is required (a labeled shard folder with train/query/gallery)")
 
 
+# Sections of a fine-tuning recipe that evaluation reads past: still validated (a typo in the recipe
+# fails here as it would in `personvit finetune`), then dropped, so EvaluateConfig holds no training keys.
+FINETUNE_ONLY_SECTIONS: dict[str, type] = {
+    "train": FinetuneTrainConfig,
+    "checkpoint": CheckpointConfig,
+    "dist": DistConfig,
+}
+
+
 @dataclass
-class EvaluateConfig(FinetuneConfig):
-    """`personvit evaluate CONFIG [key=value ...]`: takes any fine-tuning recipe (training keys unused).
+class EvaluateConfig:
+    """`personvit evaluate CONFIG [key=value ...]` (and `personvit export`): takes any fine-tuning recipe.
 
     Attributes:
         weights: what to evaluate: a fine-tuning run folder or `ckpt-*.pt` (its full ReID model);
             empty = the backbone of `model.init` (a pretraining checkpoint, or random when unset).
+        amp: precision of the forward passes (personvit/precision.py, as `train.amp`); unset, it is the recipe's
+            `train.amp`, so a model is evaluated at the precision it was fine-tuned at.
     """
 
+    run: RunConfig = field(default_factory=RunConfig)
+    data: ReIDDataConfig = field(default_factory=ReIDDataConfig)
+    model: ReIDModelConfig = field(default_factory=ReIDModelConfig)
+    eval: EvalOptions = field(default_factory=EvalOptions)
     weights: str = ""
+    amp: Precision = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.data.shards:
+            raise ValueError("data.shards is required (a labeled shard folder with query/gallery)")
+
+    @classmethod
+    def prepare_config_data(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate and drop a fine-tuning recipe's training sections; `train.amp` becomes `amp`.
+
+        Called by `personvit.config.core.from_dict` before the strict key check.
+
+        Args:
+            data: the merged recipe mapping (YAML <- overrides).
+        """
+        out = {k: v for k, v in data.items() if k not in FINETUNE_ONLY_SECTIONS}
+        for name, schema in FINETUNE_ONLY_SECTIONS.items():
+            if name in data:
+                section = from_dict(schema, _section(name, data[name]), prefix=name)
+                if name == "train" and "amp" in data[name] and "amp" not in out:
+                    out["amp"] = section.amp
+        return out
+
+
+def _section(name: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"'{name}': expected a section (mapping), got {value!r}")
+    return value

@@ -12,6 +12,7 @@ from typing import Literal
 
 from personvit.config.data import PretrainDataConfig
 from personvit.config.sections import CheckpointConfig, DistConfig, RunConfig
+from personvit.precision import Precision, canonical_precision
 
 
 @dataclass
@@ -181,15 +182,18 @@ class PretrainTrainConfig:
 
     Attributes:
         epochs: training length.
-        precision: `auto` = bf16 autocast on CUDA, fp32 on CPU; `fp16` adds a gradient scaler.
+        precision: `auto` = bf16 autocast on CUDA, fp32 on CPU; `fp16` adds a gradient scaler
+            (vocabulary of personvit/precision.py; `off` is read as `fp32`: no pretraining run
+            could record `off`, so rewriting it changes no run folder's fingerprint).
     """
 
     epochs: int = 300
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Precision = "auto"
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        self.precision = canonical_precision(self.precision)
 
 
 @dataclass

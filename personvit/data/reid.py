@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from personvit.data.shards import ShardError, read_manifest, split_member_name
+from personvit.data.shards import ShardError, read_manifest
+from personvit.data.tar_reader import TarReadError, read_samples
 from personvit.runlog import get_logger
 
 log = get_logger(__name__)
@@ -92,17 +92,10 @@ def read_reid_split(root: str | Path, split: str, check_images: bool = True) -> 
     reasons: dict[str, int] = {}
     first_bad: str | None = None
     for info in shards:
-        groups: dict[str, dict[str, bytes]] = {}
         try:
-            with tarfile.open(info.path, "r:") as tar:
-                for m in tar:
-                    if not m.isfile():
-                        continue
-                    key, ext = split_member_name(m.name)
-                    f = tar.extractfile(m)
-                    groups.setdefault(key, {})[ext] = f.read() if f is not None else b""
-        except (tarfile.TarError, OSError) as e:
-            raise ShardError(f"{info.path}: unreadable tar ({e})") from None
+            groups = read_samples(info.path)
+        except TarReadError as e:
+            raise ShardError(str(e)) from None
         if len(groups) != info.num_samples:
             raise ShardError(f"{info.path}: manifest lists {info.num_samples} samples, the tar holds {len(groups)}")
         for key, members in groups.items():

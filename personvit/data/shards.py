@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import bisect
 import json
-import tarfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from personvit.data.format import FORMAT, IMAGE_EXT, MANIFEST_NAME, split_member_name
+from personvit.data.format import FORMAT, IMAGE_EXT, MANIFEST_NAME
+from personvit.data.tar_reader import TarReadError, iter_members
 from personvit.rng import Stream, numpy_rng
 
 MANIFEST_FORMAT = FORMAT
@@ -148,17 +148,15 @@ def index_tar(path: Path, ext: str = IMAGE_EXT) -> list[MemberRef]:
     """
     refs: dict[str, MemberRef] = {}
     try:
-        with tarfile.open(path, "r:") as tar:
-            for m in tar:
-                if not m.isfile():
-                    continue
-                key, suffix = split_member_name(m.name)
-                if key not in refs:
-                    refs[key] = MemberRef(key, 0, -1)
-                if suffix == ext:
-                    refs[key] = MemberRef(key, m.offset_data, m.size)
-    except (tarfile.TarError, OSError) as e:
-        raise ShardError(f"{path}: unreadable tar ({e})") from None
+        for m in iter_members(path):
+            if not m.is_file:
+                continue
+            if m.key not in refs:
+                refs[m.key] = MemberRef(m.key, 0, -1)
+            if m.ext == ext:
+                refs[m.key] = MemberRef(m.key, m.offset, m.size)
+    except TarReadError as e:
+        raise ShardError(str(e)) from None
     return list(refs.values())
 
 

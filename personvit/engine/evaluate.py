@@ -30,6 +30,7 @@ from personvit.data.shards import ShardError
 from personvit.evaluation import evaluate_rank, pairwise_distance, rerank, write_per_query_csv
 from personvit.models.loading import load_backbone
 from personvit.models.reid import ReIDModel, build_reid_model, load_reid_weights
+from personvit.precision import autocast_settings
 from personvit.runlog import ProgressReporter, get_logger, resolve_run_dir, start_run
 
 log = get_logger(__name__)
@@ -43,19 +44,6 @@ class EvaluationError(ValueError):
 
 FEATURES_NAME = "features.npz"
 PER_QUERY_NAME = "per_query.csv"
-
-
-def amp_settings(device: torch.device, mode: str) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, use a grad scaler) for `train.amp`.
-
-    `auto`: bf16 on CUDA where supported, else fp16 with a grad scaler; full precision on CPU.
-    `bf16` / `fp16` force that dtype on any device (CPU autocast runs both: tests exercise the paths).
-    """
-    if mode == "off" or (mode == "auto" and device.type != "cuda"):
-        return None, False
-    if mode == "fp16" or (mode == "auto" and not torch.cuda.is_bf16_supported()):
-        return torch.float16, True
-    return torch.bfloat16, False
 
 
 @torch.no_grad()
@@ -251,7 +239,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.run.seed)  # only a random-init baseline draws anything
     model, source = build_eval_model(cfg)
     model.to(device)
-    amp_dtype, _ = amp_settings(device, cfg.train.amp)
+    amp_dtype, _ = autocast_settings(cfg.amp, device)
     return evaluate_model(model, cfg.data, cfg.eval, run_dir, device, amp_dtype, extra={"weights": source})
 
 

@@ -33,7 +33,6 @@ from personvit.distributed import DistInfo, all_reduce_sum_, barrier, init_distr
 from personvit.engine.errors import NonFiniteLossError
 from personvit.engine.evaluate import (
     EvaluationError,
-    amp_settings,
     evaluate_model,
     init_checkpoint,
     model_arch,
@@ -45,6 +44,7 @@ from personvit.engine.schedules import cosine_schedule
 from personvit.losses.triplet import batch_hard_triplet_loss
 from personvit.models.loading import load_backbone
 from personvit.models.reid import ReIDModel, build_reid_model
+from personvit.precision import autocast_settings
 from personvit.rng import Stream, derive_seed, seed_step
 from personvit.run_folder import open_run_folder
 from personvit.runlog import MetricsLogger, get_logger
@@ -130,7 +130,7 @@ class Finetuner:
         self.lr = t.base_lr * self.sampler.batch_size / t.lr_ref_batch
         self.lrs = epoch_lrs(self.lr, t)
         self.optimizer = build_optimizer(self.model, t, self.lr)
-        self.amp_dtype, use_scaler = amp_settings(self.device, t.amp)
+        self.amp_dtype, use_scaler = autocast_settings(t.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         # Not DDP: exact resume at world size > 2 needs a fixed reduction layout (engine/grad_sync.py).
         # Without DDP's buffer broadcast the BNNeck running stats of ranks > 0 drift apart; only rank

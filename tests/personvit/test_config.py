@@ -134,3 +134,16 @@ def test_duplicate_key_in_a_cluster_profile_is_refused(tmp_path):
     profile.write_text("executor: local\nnodes: 1\nnodes: 2\n")
     with pytest.raises(ConfigError, match="duplicate key 'nodes' \\(lines 2 and 3\\)"):
         load_profile(str(profile))
+
+
+def test_evaluate_reads_a_finetune_recipe_without_holding_its_training_keys():
+    from pathlib import Path
+
+    from personvit.config.finetune import EvaluateConfig
+
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "finetune" / "market1501_vit_small.yaml"
+    cfg = load_config(EvaluateConfig, recipe, ["data.shards=x", "train.amp=bf16"])
+    assert not hasattr(cfg, "train") and not hasattr(cfg, "checkpoint") and cfg.amp == "bf16"
+    assert load_config(EvaluateConfig, recipe, ["data.shards=x", "train.amp=bf16", "amp=fp16"]).amp == "fp16"
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.epocs' \(did you mean 'train.epochs'\?\)"):
+        load_config(EvaluateConfig, recipe, ["data.shards=x", "train.epocs=3"])
