@@ -182,8 +182,8 @@ class PretrainTrainConfig:
 
     Attributes:
         epochs: training length.
-        precision: `auto` = bf16 autocast on CUDA, fp32 on CPU; `fp16` adds a gradient scaler
-            (vocabulary of personvit/precision.py; `off` is read as `fp32`: no pretraining run
+        precision: `auto` = bf16 autocast on CUDA (fp16 + scaler where bf16 is unsupported), fp32
+            on CPU; `fp16` adds a gradient scaler (vocabulary of personvit/precision.py; `off` is read as `fp32`: no pretraining run
             could record `off`, so rewriting it changes no run folder's fingerprint).
     """
 

@@ -50,6 +50,7 @@ from personvit.engine.schedules import PretrainSchedules
 from personvit.engine.ssl_meta_arch import MicroBatch, PersonViTSSL
 from personvit.fingerprint import is_allowed
 from personvit.models.drop_path import sample_drop_uniforms
+from personvit.precision import autocast_settings
 from personvit.rng import seed_step
 from personvit.run_folder import open_run_folder
 from personvit.runlog import MetricsLogger, get_logger
@@ -57,13 +58,6 @@ from personvit.runlog import MetricsLogger, get_logger
 __all__ = ["NonFiniteLossError", "main", "run"]
 
 log = get_logger(__name__)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for `train.precision` on `device` (None = plain fp32)."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 @dataclass
@@ -127,9 +121,7 @@ def _build(cfg: PretrainConfig, dist_info: DistInfo, allow_change: Sequence[str]
     # Not DDP: its bucket layout differs between the first step after a start and later ones, which
     # breaks exact resume at world size > 2 (personvit/engine/grad_sync.py says why and what was measured).
     grad_reducer = FlatGradReducer(ssl.student.parameters()) if world > 1 else None
-    scaler = torch.amp.GradScaler(
-        device.type, enabled=autocast_dtype(cfg.train.precision, device) is torch.float16
-    )
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_settings(cfg.train.precision, device)[1])
     # lr and weight decay are set every step by `apply_schedule`.
     optimizer = torch.optim.AdamW(ssl.param_groups(), lr=0.0, betas=tuple(cfg.optim.betas), weight_decay=0.0)
     return _Training(ssl, grad_reducer, optimizer, scaler, LayoutPart(fresh, elastic), LoaderPosition(pos))
@@ -231,7 +223,7 @@ class _PretrainStep:
         self.niter, self.global_batch = layout.batches_per_epoch, layout.global_batch
         self.total_steps = cfg.train.epochs * self.niter
         self.sched = PretrainSchedules.from_config(cfg.optim, cfg.train.epochs, self.niter, layout.global_batch)
-        amp_dtype = autocast_dtype(cfg.train.precision, self.device)
+        amp_dtype = autocast_settings(cfg.train.precision, self.device)[0]
         self.autocast = (
             torch.autocast(self.device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
         )
