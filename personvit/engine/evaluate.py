@@ -23,13 +23,14 @@ from personvit import cli_args
 from personvit.atomic_write import atomic_write
 from personvit.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint_path
 from personvit.config.core import ConfigError, load_config
-from personvit.config.finetune import EvalOptions, EvaluateConfig, ReIDDataConfig, ReIDModelConfig
+from personvit.config.finetune import EvalOptions, EvaluateConfig, ReIDDataConfig
 from personvit.data.reid import ReIDSplit, ReIDTestDataset, read_reid_split
 from personvit.data.reid_transforms import EvalTransform
 from personvit.data.shards import ShardError
 from personvit.evaluation import evaluate_rank, pairwise_distance, rerank, write_per_query_csv
+from personvit.models.build import build_eval_reid_model, model_arch
 from personvit.models.loading import load_backbone
-from personvit.models.reid import ReIDModel, build_reid_model, load_reid_weights
+from personvit.models.reid import ReIDModel, load_reid_weights
 from personvit.precision import autocast_settings
 from personvit.runlog import ProgressReporter, get_logger, resolve_run_dir, start_run
 
@@ -191,11 +192,6 @@ def evaluate_model(model: ReIDModel, data: ReIDDataConfig, opts: EvalOptions, ru
     return summary
 
 
-def model_arch(model: ReIDModelConfig, img_size: Sequence[int]) -> dict[str, Any]:
-    """The architecture record stored in fine-tuning checkpoints (enough to rebuild the model)."""
-    return {"arch": model.arch, "img_size": [int(img_size[0]), int(img_size[1])], **model.overrides()}
-
-
 def init_checkpoint(init: str) -> Path:
     """The file behind `model.init`: a checkpoint file as is, a run / checkpoint folder's latest checkpoint."""
     path = Path(init).expanduser()
@@ -216,15 +212,13 @@ def build_eval_model(cfg: EvaluateConfig) -> tuple[ReIDModel, str]:
             raise CheckpointError(f"{path}: not a fine-tuning checkpoint (no 'model' entry); "
                                   "use model.init for pretraining checkpoints")
         arch = dict(state.get("model_arch") or model_arch(cfg.model, cfg.data.img_size))
-        if list(arch.pop("img_size")) != list(cfg.data.img_size):
+        if list(arch["img_size"]) != list(cfg.data.img_size):
             log.warning("evaluating at data.img_size=%s but the model was fine-tuned at %s",
-                        list(cfg.data.img_size), list(state["model_arch"]["img_size"]))
-        name = arch.pop("arch")
-        model = build_reid_model(name, tuple(cfg.data.img_size), 0, attn_backend=cfg.model.attn_backend, overrides=arch)
+                        list(cfg.data.img_size), list(arch["img_size"]))
+        model = build_eval_reid_model(cfg.model, cfg.data.img_size, arch_record=arch)
         load_reid_weights(model, state["model"], str(path))
         return model, str(path)
-    model = build_reid_model(cfg.model.arch, tuple(cfg.data.img_size), 0, attn_backend=cfg.model.attn_backend,
-                             overrides=cfg.model.overrides())
+    model = build_eval_reid_model(cfg.model, cfg.data.img_size)
     if cfg.model.init:
         load_backbone(model.backbone, init_checkpoint(cfg.model.init), which="teacher", strict=cfg.model.init_strict)
         return model, cfg.model.init

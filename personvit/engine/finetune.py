@@ -35,15 +35,15 @@ from personvit.engine.evaluate import (
     EvaluationError,
     evaluate_model,
     init_checkpoint,
-    model_arch,
 )
 from personvit.engine.grad_sync import FlatGradReducer
 from personvit.engine.loop import Checkpointer, Position, StepOutput, TrainLoop
 from personvit.engine.optim import no_weight_decay_names
 from personvit.engine.schedules import cosine_schedule
 from personvit.losses.triplet import batch_hard_triplet_loss
+from personvit.models.build import build_finetune_model, model_arch
 from personvit.models.loading import load_backbone
-from personvit.models.reid import ReIDModel, build_reid_model
+from personvit.models.reid import ReIDModel
 from personvit.precision import autocast_settings
 from personvit.rng import Stream, derive_seed, seed_step
 from personvit.run_folder import open_run_folder
@@ -123,8 +123,7 @@ class Finetuner:
 
         torch.manual_seed(derive_seed(cfg.run.seed, Stream.INIT))  # same init on every rank and rerun
         m = cfg.model
-        self.model = build_reid_model(m.arch, tuple(d.img_size), len(self.pids), m.drop_path_rate, m.attn_backend,
-                                      m.classifier_std, m.overrides()).to(self.device)
+        self.model = build_finetune_model(m, d.img_size, len(self.pids)).to(self.device)
         if m.init:
             load_backbone(self.model.backbone, init_checkpoint(m.init), which="teacher", strict=m.init_strict)
         self.lr = t.base_lr * self.sampler.batch_size / t.lr_ref_batch

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from personvit.checkpoint import CheckpointError
-from personvit.models.vit import VisionTransformer, build_vit
+from personvit.models.vit import VisionTransformer
 
-__all__ = ["ReIDModel", "build_reid_model", "load_reid_weights"]
+__all__ = ["ReIDModel", "load_reid_weights"]  # built by personvit/models/build.py
 
 
 class ReIDModel(nn.Module):
@@ -54,36 +54,6 @@ class ReIDModel(nn.Module):
         if self.classifier is None:
             return feat, None
         return feat, self.classifier(self.bottleneck(feat))
-
-
-def build_reid_model(
-    arch: str,
-    img_size: tuple[int, int],
-    num_classes: int,
-    drop_path_rate: float = 0.0,
-    attn_backend: str = "auto",
-    classifier_std: float = 0.001,
-    overrides: Mapping[str, int] | None = None,
-) -> ReIDModel:
-    """Build a ReID model with a freshly initialised backbone.
-
-    Args:
-        arch: `vit_tiny`, `vit_small`, `vit_base`.
-        img_size: (H, W) input size.
-        num_classes: training identities (0 = feature extractor only).
-        drop_path_rate: stochastic depth.
-        attn_backend: attention kernel.
-        classifier_std: classifier init std.
-        overrides: architecture overrides for `build_vit` (tiny test models).
-    """
-    backbone = build_vit(
-        arch,
-        img_size=img_size,
-        attn_backend=attn_backend,
-        drop_path_rate=drop_path_rate,
-        **dict(overrides or {}),
-    )
-    return ReIDModel(backbone, num_classes, classifier_std)
 
 
 def load_reid_weights(model: ReIDModel, state: Mapping[str, torch.Tensor], source: str) -> None:

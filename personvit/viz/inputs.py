@@ -1,7 +1,8 @@
 """What the visualisations read: a backbone from a checkpoint, and samples from a shard folder.
 
-The architecture comes from the run folder's `config.yaml` (next to `checkpoints/`): `model.arch`,
-optional `model.{patch_size,embed_dim,depth,num_heads}` overrides, `data.img_size` and the input
+The architecture comes from the run folder's `config.yaml` (next to `checkpoints/`): its `model` section,
+read with the schema of the run (pretraining or fine-tuning) and built by personvit/models/build.py,
+`data.img_size` (`data.global_size` for pretraining) and the input
 normalisation `data.mean`/`data.std`. Command-line values override it; a checkpoint outside a run
 folder needs them. Samples are read by key or by random index through the manifest, without reading
 whole splits (a LUPerson split has millions of images).
@@ -9,6 +10,7 @@ whole splits (a LUPerson split has millions of images).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from dataclasses import dataclass
@@ -20,9 +22,10 @@ import torch
 from PIL import Image
 
 from personvit.checkpoint import CheckpointError, resolve_checkpoint_path
-from personvit.config.core import load_yaml_text
+from personvit.config.core import ConfigError, load_yaml_text
 from personvit.data.shards import ShardError, ShardReader, index_tar, read_manifest
-from personvit.models import VisionTransformer, build_vit
+from personvit.models import VisionTransformer
+from personvit.models.build import build_backbone, model_section
 from personvit.models.loading import load_backbone, read_checkpoint_file
 from personvit.rng import Stream, numpy_rng
 
@@ -30,7 +33,6 @@ __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "LoadedModel", "Sample", "load_model
            "to_batch", "find_pairs"]
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-_ARCH_KEYS = ("patch_size", "embed_dim", "depth", "num_heads")
 _HEAD_PREFIXES = ("head.mlp.", "module.head.mlp.")
 
 
@@ -60,13 +62,14 @@ class Sample:
     camid: int | None = None
 
 
-def _run_config(ckpt: Path) -> dict[str, Any]:
+def _run_config(ckpt: Path) -> tuple[Path | None, dict[str, Any]]:
+    """(path, mapping) of the run folder's `config.yaml` beside the checkpoint, or (None, {})."""
     for folder in (ckpt.parent, ckpt.parent.parent):
         path = folder / "config.yaml"
         if path.is_file():
             cfg = load_yaml_text(path.read_text()) or {}
-            return cfg if isinstance(cfg, dict) else {}
-    return {}
+            return path, (cfg if isinstance(cfg, dict) else {})
+    return None, {}
 
 
 def load_model(
@@ -89,19 +92,21 @@ def load_model(
         mean, std: input normalisation; default: the config's, else ImageNet's (pretraining).
     """
     path = resolve_checkpoint_path(ckpt)
-    cfg = _run_config(path)
-    model_cfg, data_cfg = cfg.get("model") or {}, cfg.get("data") or {}
-    name = arch or model_cfg.get("arch")
-    if not name:
+    config_path, cfg = _run_config(path)
+    data_cfg = cfg.get("data") or {}
+    if not (arch or (cfg.get("model") or {}).get("arch")):
         raise CheckpointError(f"{path}: no config.yaml with model.arch beside it; pass --arch")
-    kw: dict[str, float] = {k: int(model_cfg[k]) for k in _ARCH_KEYS if model_cfg.get(k)}  # 0/None = default
-    if model_cfg.get("mlp_ratio"):
-        kw["mlp_ratio"] = float(model_cfg["mlp_ratio"])
-    kw.update({k: int(v) for k, v in (overrides or {}).items() if v})
+    try:
+        section = model_section(cfg)
+        changes = {"arch": arch} if arch else {}
+        changes.update({k: int(v) for k, v in (overrides or {}).items() if v})  # 0/None = keep
+        section = dataclasses.replace(section, **changes)
+    except (ConfigError, ValueError) as e:
+        raise CheckpointError(f"{config_path}: {e}") from None
     size = img_size or tuple(data_cfg.get("img_size") or data_cfg.get("global_size") or (256, 128))
     try:
-        model = build_vit(name, img_size=size, attn_backend="math", **kw)
-    except ValueError as e:
+        model = build_backbone(section, size, attn_backend="math")
+    except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: cannot build the model ({e})") from None
     payload = read_checkpoint_file(path)
     load_backbone(model, payload, which=which, strict=True)

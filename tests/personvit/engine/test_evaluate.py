@@ -18,7 +18,7 @@ from personvit.data.reid import ReIDTestDataset, read_reid_split
 from personvit.data.reid_transforms import EvalTransform
 from personvit.engine import evaluate
 from personvit.evaluation import evaluate_rank, pairwise_distance
-from personvit.models.reid import build_reid_model
+from personvit.models.build import build_reid_model
 from tests.support.reid_data import SMALL, TINY_CONFIG, finetuned_run, sample, write_shard_set
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from personvit.checkpoint import CheckpointError
-from personvit.models.reid import build_reid_model, load_reid_weights
+from personvit.models.build import build_reid_model
+from personvit.models.reid import load_reid_weights
 
 TINY = dict(patch_size=8, embed_dim=32, depth=2, num_heads=2)
 
