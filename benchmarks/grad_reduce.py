@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._results import write_results  # noqa: E402
 from personvit.config.pretrain import HeadConfig, PretrainModelConfig  # noqa: E402
 from personvit.engine.grad_sync import FlatGradReducer  # noqa: E402
-from personvit.engine.ssl_model import build_student_teacher  # noqa: E402
+from personvit.models.build import build_student_teacher  # noqa: E402
 
 WORLD = 4
 SIZES = {  # (embed_dim, depth, heads, out_dim, hidden, bottleneck, global HxW)

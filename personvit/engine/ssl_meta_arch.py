@@ -27,8 +27,9 @@ from torch import nn
 from personvit.config.pretrain import PretrainConfig
 from personvit.distributed import all_reduce_sum_
 from personvit.engine.optim import param_groups
-from personvit.engine.ssl_model import build_student_teacher, ema_update_, init_backbone
+from personvit.engine.ssl_model import ema_update_, init_backbone
 from personvit.losses import DINOMIMLoss, teacher_entropies
+from personvit.models.build import build_student_teacher
 from personvit.models.loading import LoadReport
 
 __all__ = ["MicroBatch", "PersonViTSSL", "TERMS"]

@@ -14,7 +14,8 @@ from personvit.engine.optim import (
     clip_grad_per_tensor_,
     param_groups,
 )
-from personvit.engine.ssl_model import build_student_teacher, ema_update_, init_backbone
+from personvit.engine.ssl_model import ema_update_, init_backbone
+from personvit.models.build import build_student_teacher
 from personvit.models.drop_path import SampleDropPath
 
 TINY = PretrainModelConfig(

@@ -11,8 +11,8 @@ from personvit.config.pretrain import HeadConfig, PretrainLossConfig, PretrainMo
 from personvit.engine.optim import no_weight_decay_names
 from personvit.engine.schedules import PretrainSchedules, pretrain_schedules
 from personvit.engine.ssl_meta_arch import TERMS, MicroBatch, PersonViTSSL
-from personvit.engine.ssl_model import build_student_teacher
 from personvit.losses import DINOMIMLoss
+from personvit.models.build import build_student_teacher
 
 TINY = PretrainModelConfig(
     arch="vit_tiny", patch_size=8, embed_dim=32, depth=2, num_heads=2, drop_path_rate=0.0, attn_backend="sdpa",

@@ -8,19 +8,22 @@ import torch
 from personvit.config.core import ConfigError, from_dict
 from personvit.config.finetune import ReIDModelConfig
 from personvit.config.pretrain import PretrainModelConfig
-from personvit.engine import ssl_model
 from personvit.models.build import build_backbone, build_student_teacher, model_section, vit_kwargs
 
 TINY = {"arch": "vit_tiny", "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
 HEAD = {"out_dim": 16, "patch_out_dim": 16, "hidden_dim": 24, "bottleneck_dim": 8}
 
 
-def test_student_teacher_equal_to_the_pretraining_engines_own_bitwise() -> None:
+def test_student_teacher_are_a_function_of_the_seed_and_leave_the_global_generator_alone() -> None:
     cfg = from_dict(PretrainModelConfig, {**TINY, "head": HEAD})
-    ours, theirs = build_student_teacher(cfg, (64, 32), seed=5), ssl_model.build_student_teacher(cfg, (64, 32), seed=5)
-    for a, b in zip(ours, theirs):
+    state = torch.get_rng_state()
+    ours, again = build_student_teacher(cfg, (64, 32), seed=5), build_student_teacher(cfg, (64, 32), seed=5)
+    assert torch.equal(torch.get_rng_state(), state)
+    for a, b in zip(ours, again):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    other = build_student_teacher(cfg, (64, 32), seed=6)[0].state_dict()
+    assert not all(torch.equal(v, other[k]) for k, v in ours[0].state_dict().items())
     assert not any(p.requires_grad for p in ours[1].parameters())
 
 
