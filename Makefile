@@ -34,10 +34,10 @@ test: install slurm-deps
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
 demo: install slurm-deps
-	$(VPY) -m personvit.demo
+	$(VPY) -m examples.demo
 
 lint: install
-	$(VENV)/bin/ruff check personvit shard_tools slurm tests benchmarks
+	$(VENV)/bin/ruff check personvit shard_tools slurm tests benchmarks examples
 
 bench: install
 	for b in benchmarks/*.py; do $(VPY) $$b || exit 1; done

@@ -1,4 +1,4 @@
-"""`python -m personvit.demo --size small`, end to end, as `make demo` runs it (real shards, real jobs).
+"""`python -m examples.demo --size small`, end to end, as `make demo` runs it (real shards, real jobs).
 
 The jobs go through submitit's local executor: the Slurm suite (tests/slurm) already proves
 submission to a real cluster, and the local executor keeps this CI test fast.
@@ -30,7 +30,7 @@ def demo(tmp_path_factory) -> tuple[Path, str]:
         [
             sys.executable,
             "-m",
-            "personvit.demo",
+            "examples.demo",
             "--size",
             "small",
             "--seeds",
@@ -148,7 +148,7 @@ def test_visualisations(demo):
 
 
 def test_verdict_claims_a_win_only_beyond_the_seed_spread():
-    from personvit.demo_report import StartResult, pretraining_verdict
+    from examples.demo.report import StartResult, pretraining_verdict
 
     def start(maps):
         s = StartResult("x")
@@ -163,7 +163,7 @@ def test_verdict_claims_a_win_only_beyond_the_seed_spread():
 
 
 def test_losses_are_means_of_the_first_and_last_tenth(tmp_path):
-    from personvit.demo_report import loss_first_last
+    from examples.demo.report import loss_first_last
 
     # 20 rows: first two (10%) average 9.0, last two 5.0; single rows would say 10 -> 4.
     values = [10.0, 8.0] + [7.0] * 16 + [6.0, 4.0]
@@ -180,7 +180,7 @@ def test_losses_are_means_of_the_first_and_last_tenth(tmp_path):
 def test_feature_diagnostics_see_collapse_and_camera_matching(tmp_path):
     import numpy as np
 
-    from personvit.demo_report import feature_diagnostics
+    from examples.demo.report import feature_diagnostics
 
     rng = np.random.default_rng(0)
     g_cams, q_cams = np.repeat(np.arange(4), 25), np.array([0, 1, 1, 2, 3, 3, 3, 3])  # 100 gallery, 8 queries

@@ -1,4 +1,4 @@
-"""`python -m personvit.demo` (`make demo`): the whole path on synthetic pedestrians, in minutes on a CPU.
+"""`python -m examples.demo` (`make demo`): the whole path on synthetic pedestrians, in minutes on a CPU.
 
 Stages: synthetic images -> shards (Market-1501 layout packed as labeled, `unlabeled/` as LUPerson)
 -> verify -> tiny DINO+MIM pretraining (one job) -> retrieval with the pretrained teacher vs random
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # examples/demo/run.py -> the repository
 PRETRAIN_CFG = REPO / "configs" / "pretrain" / "tiny_cpu.yaml"
 FINETUNE_CFG = REPO / "configs" / "finetune" / "tiny_cpu.yaml"
 VIZ_KINDS = ("attention", "patch-clusters", "correspondence", "ranks")
@@ -99,7 +99,7 @@ def choose_executor(wanted: str) -> tuple[str, str]:
     if why is None:
         return "slurm", "root and the Slurm packages are present"
     if wanted == "slurm":
-        raise SystemExit(f"personvit.demo: --executor slurm impossible here: {why}")
+        raise SystemExit(f"demo: --executor slurm impossible here: {why}")
     return "local", f"no local Slurm: {why}"
 
 
@@ -126,7 +126,7 @@ def wait_jobs(stages: Stages, jobs: list, run_dirs: list[Path], every_s: float =
             job.result()
         except Exception as e:  # the job's own error, with submitit's log path
             raise SystemExit(
-                f"personvit.demo: job {job.job_id} ({run_dir}) failed: "
+                f"demo: job {job.job_id} ({run_dir}) failed: "
                 f"{str(e).strip().splitlines()[-1] if str(e).strip() else e!r}; "
                 f"log: {job.paths.stderr}"
             ) from None
@@ -184,13 +184,13 @@ def verify_data(shards: dict[str, Path]) -> None:
     for name, folder in shards.items():
         checked, problems = verify(folder, workers=1, decode=True)
         if problems:
-            raise SystemExit(f"personvit.demo: shard verification of {folder} failed: {problems[0]}")
+            raise SystemExit(f"demo: shard verification of {folder} failed: {problems[0]}")
         print(f"   {name}: {checked} shards verified (sha256, counts, every image decodes)", flush=True)
 
 
 def evaluate_features(out: Path, market: Path, init: str, name: str) -> dict:
     """Retrieval with backbone features, no fine-tuning (`init` = a pretraining run, or '' = random)."""
-    from personvit.demo_report import feature_diagnostics, read_results
+    from examples.demo.report import feature_diagnostics, read_results
     from personvit.engine.evaluate import main as evaluate_main
 
     run_dir = out / "eval-no-finetune" / name
@@ -220,10 +220,10 @@ def visualize(out: Path, pretrain_dir: Path, market: Path, ranks_from: Path) -> 
         else:
             argv = [kind, "--ckpt", str(pretrain_dir), "--shards", str(market), "--out", str(dest)]
         if viz_main(argv) != 0:
-            raise SystemExit(f"personvit.demo: personvit visualize {kind} failed")
+            raise SystemExit(f"demo: personvit visualize {kind} failed")
         found = sorted(dest.glob("*.png"))
         if not found:
-            raise SystemExit(f"personvit.demo: personvit visualize {kind} wrote no PNG into {dest}")
+            raise SystemExit(f"demo: personvit visualize {kind} wrote no PNG into {dest}")
         pngs += [str(p.relative_to(out)) for p in found]
     return pngs
 
@@ -233,7 +233,7 @@ def run_demo(out: Path, size_name: str, seeds: int, executor_wanted: str) -> dic
     """Run every stage into `out`; returns the summary (also written to `out/summary.json`)."""
     import torch
 
-    from personvit import demo_report as report
+    from examples.demo import report
     from slurm.jobs import TrainJob
 
     size = SIZES[size_name]
@@ -352,7 +352,7 @@ def run_demo(out: Path, size_name: str, seeds: int, executor_wanted: str) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m personvit.demo", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m examples.demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="demo_out", help="output folder (replaced; default demo_out)")
     p.add_argument("--size", choices=sorted(SIZES), default="full", help="full (~15 min) or small (CI)")
     p.add_argument("--seeds", type=int, default=2, help="fine-tuning seeds per start (default 2)")
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     if args.seeds < 1:
-        raise SystemExit(f"personvit.demo: --seeds must be >= 1, got {args.seeds}")
+        raise SystemExit(f"demo: --seeds must be >= 1, got {args.seeds}")
     run_demo(Path(args.out), args.size, args.seeds, args.executor)
     return 0
 
