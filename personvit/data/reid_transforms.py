@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
 from personvit.rng import Stream, numpy_rng
+
+if TYPE_CHECKING:
+    from personvit.config.finetune import ReIDDataConfig
 
 _ERASE_ATTEMPTS = 10
 
@@ -83,6 +87,12 @@ class TrainTransform:
         self.seed, self.flip_p, self.pad = seed, flip_p, pad
         self.erase_p, self.erase_area, self.erase_aspect = erase_p, tuple(erase_area), tuple(erase_aspect)
         self.mean, self.std = tuple(mean), tuple(std)
+
+    @classmethod
+    def from_config(cls, data: ReIDDataConfig, seed: int) -> TrainTransform:
+        """The training augmentation of a fine-tuning run's `data` section (validated there)."""
+        return cls(data.img_size, seed, data.flip_p, data.pad, data.erase_p, data.erase_area, data.erase_aspect,
+                   data.mean, data.std)
 
     def geometry(self, img: Image.Image, epoch: int, position: int) -> np.ndarray:
         """Resize, flip, pad and crop: [H, W, 3] uint8."""

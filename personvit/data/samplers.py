@@ -14,11 +14,14 @@ rank's batch still holds K images of each of its identities, so batch-hard minin
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from personvit.rng import Stream, numpy_rng
 
+if TYPE_CHECKING:
+    from personvit.config.finetune import FinetuneTrainConfig
 
 class PKSampler:
     """Batches of `num_ids` identities x `num_instances` images.
@@ -31,6 +34,11 @@ class PKSampler:
         rank, world_size: this process's slice of each batch; `num_ids` must divide by `world_size`.
         max_batches: cap on batches per epoch (0 = all).
     """
+
+    @classmethod
+    def from_config(cls, labels, train: FinetuneTrainConfig, seed: int, rank: int = 0, world_size: int = 1) -> PKSampler:
+        """The PK sampler of a fine-tuning run's `train` section (num_ids, num_instances, max_steps_per_epoch)."""
+        return cls(labels, train.num_ids, train.num_instances, seed, rank, world_size, train.max_steps_per_epoch)
 
     def __init__(self, pids: np.ndarray, num_ids: int, num_instances: int, seed: int, rank: int = 0,
                  world_size: int = 1, max_batches: int = 0):

@@ -110,12 +110,10 @@ class Finetuner:
         train_split = read_reid_split(d.shards, d.train_split)
         labels, self.pids = relabel(train_split.pids)
         try:
-            self.sampler = PKSampler(labels, t.num_ids, t.num_instances, cfg.run.seed, dist_info.rank,
-                                     dist_info.world_size, t.max_steps_per_epoch)
+            self.sampler = PKSampler.from_config(labels, t, cfg.run.seed, dist_info.rank, dist_info.world_size)
         except ValueError as e:  # too few identities, or num_ids not divisible by the world size
             raise ConfigError(f"train.num_ids={t.num_ids}, train.num_instances={t.num_instances}: {e}") from None
-        transform = TrainTransform(d.img_size, cfg.run.seed, d.flip_p, d.pad, d.erase_p, d.erase_area,
-                                   d.erase_aspect, d.mean, d.std)
+        transform = TrainTransform.from_config(d, cfg.run.seed)
         self.dataset = ReIDTrainDataset(train_split, labels, transform)
         log.info("train split: %d images, %d identities, %d batches/epoch of %d (%d per rank)", len(train_split),
                  len(self.pids), self.sampler.epoch_batches(0).shape[0], self.sampler.batch_size,

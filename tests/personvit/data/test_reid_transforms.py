@@ -88,3 +88,15 @@ def test_erase_box_fits_and_respects_ranges(h: int, w: int) -> None:
         if min(h, w) >= 32:
             assert 0.02 * 0.7 <= eh * ew / (h * w) <= 1 / 3 * 1.3
             assert math.log(0.3) - 0.4 <= math.log(eh / ew) <= math.log(3.3) + 0.4
+
+
+def test_from_config_is_the_data_sections_transform():
+    from personvit.config.finetune import ReIDDataConfig
+
+    data = ReIDDataConfig(shards="x", img_size=(64, 32), pad=4, erase_p=0.25, flip_p=0.0)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 40, 3), dtype=np.uint8))
+    ours = TrainTransform.from_config(data, seed=3)(img, 1, 10)
+    want = TrainTransform(data.img_size, 3, data.flip_p, data.pad, data.erase_p, data.erase_area, data.erase_aspect,
+                          data.mean, data.std)(img, 1, 10)
+    assert torch.equal(ours, want)
+    assert not torch.equal(ours, TrainTransform.from_config(data, seed=4)(img, 1, 10))

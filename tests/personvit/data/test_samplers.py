@@ -88,3 +88,13 @@ def test_cap_and_errors() -> None:
         PKSampler(np.array([1, 1, 2, 2]), 4, 2, seed=0)
     with pytest.raises(ValueError, match="divisible by the world size"):
         PKSampler(pids, 6, 4, seed=0, rank=0, world_size=4)
+
+
+def test_from_config_reads_the_train_section():
+    from personvit.config.finetune import FinetuneTrainConfig
+
+    pids = np.repeat(np.arange(12), 5)
+    train = FinetuneTrainConfig(num_ids=4, num_instances=2, max_steps_per_epoch=3)
+    ours = PKSampler.from_config(pids, train, seed=1, rank=1, world_size=2)
+    want = PKSampler(pids, 4, 2, 1, 1, 2, 3)
+    assert np.array_equal(ours.epoch_batches(2), want.epoch_batches(2)) and ours.epoch_batches(2).shape[0] == 3
