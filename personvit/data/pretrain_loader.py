@@ -119,6 +119,14 @@ class _EpochBatches(IterableDataset):
         )  # fmt: skip
 
 
+def fresh_layout(cfg: PretrainDataConfig, num_samples: int, world_size: int) -> BatchLayout:
+    """The layout a run's first start makes; too few samples is a `ShardError` naming the shard folder."""
+    try:
+        return BatchLayout.fresh(num_samples, world_size, cfg.batch_size_per_rank)
+    except LayoutError as e:
+        raise ShardError(f"{cfg.shards}: {e}") from None
+
+
 class PretrainLoader:
     """Rank-local, resumable multi-crop stream over a shard set.
 
@@ -127,6 +135,7 @@ class PretrainLoader:
         seed: run seed.
         rank: this process's rank.
         world_size: number of ranks.
+        shards: the split's shards when the caller has read the manifest already (else read here).
         layout: the run's global batch layout (from its checkpoint on a resume); None makes the
             first start's, `world_size` slots of `cfg.batch_size_per_rank`.
 
@@ -141,18 +150,16 @@ class PretrainLoader:
     """
 
     def __init__(
-        self, cfg: PretrainDataConfig, seed: int, rank: int, world_size: int, layout: BatchLayout | None = None
-    ) -> None:
+        self, cfg: PretrainDataConfig, seed: int, rank: int, world_size: int, layout: BatchLayout | None = None,
+        shards: list | None = None,
+    ) -> None:  # fmt: skip
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.cfg, self.seed, self.rank, self.world_size = cfg, seed, rank, world_size
-        self.shards = read_manifest(cfg.shards, cfg.split)
+        self.shards = shards if shards is not None else read_manifest(cfg.shards, cfg.split)
         self.num_samples = sum(s.num_samples for s in self.shards)
         if layout is None:
-            try:
-                layout = BatchLayout.fresh(self.num_samples, world_size, cfg.batch_size_per_rank)
-            except LayoutError as e:
-                raise ShardError(str(e)) from None
+            layout = fresh_layout(cfg, self.num_samples, world_size)
         elif layout.batches_per_epoch * layout.global_batch > self.num_samples:
             raise ShardError(f"{cfg.shards}: {self.num_samples} samples cannot hold the run's layout {layout}")
         self.layout = layout

@@ -36,8 +36,8 @@ from personvit import cli_args, preemption
 from personvit.checkpoint import CheckpointManager
 from personvit.config.core import load_config
 from personvit.config.pretrain import PretrainConfig
-from personvit.data.batch_layout import BatchLayout, LayoutError
-from personvit.data.pretrain_loader import CorruptDataError, PretrainLoader
+from personvit.data.batch_layout import LayoutError
+from personvit.data.pretrain_loader import CorruptDataError, PretrainLoader, fresh_layout
 from personvit.data.shards import ShardError, read_manifest
 from personvit.distributed import DistInfo, init_distributed, is_dist, shutdown
 from personvit.engine.errors import NonFiniteLossError
@@ -70,6 +70,7 @@ class _Training:
     scaler: torch.amp.GradScaler
     layout: LayoutPart
     loader_position: LoaderPosition
+    shards: list  # the split's shards, read once at start-up for the layout and the loader
 
     def register(self, ckpt: Checkpointer) -> None:
         """Register the checkpointed parts; `layout` first, so another layout is refused before any load."""
@@ -112,10 +113,7 @@ def run(cfg: PretrainConfig, allow_change: Sequence[str] = ()) -> dict[str, Any]
 def _build(cfg: PretrainConfig, dist_info: DistInfo, allow_change: Sequence[str], pos: Position) -> _Training:
     world, device = dist_info.world_size, dist_info.device
     shards = read_manifest(cfg.data.shards, cfg.data.split)
-    try:
-        fresh = BatchLayout.fresh(sum(s.num_samples for s in shards), world, cfg.data.batch_size_per_rank)
-    except LayoutError as e:
-        raise ShardError(f"{cfg.data.shards}: {e}") from None
+    fresh = fresh_layout(cfg.data, sum(s.num_samples for s in shards), world)
     elastic = any(is_allowed(k, allow_change) for k in ("world_size", "data.batch_size_per_rank"))
     ssl = PersonViTSSL.from_config(cfg, world).to(device)
     # Not DDP: its bucket layout differs between the first step after a start and later ones, which
@@ -124,7 +122,7 @@ def _build(cfg: PretrainConfig, dist_info: DistInfo, allow_change: Sequence[str]
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_settings(cfg.train.precision, device)[1])
     # lr and weight decay are set every step by `apply_schedule`.
     optimizer = torch.optim.AdamW(ssl.param_groups(), lr=0.0, betas=tuple(cfg.optim.betas), weight_decay=0.0)
-    return _Training(ssl, grad_reducer, optimizer, scaler, LayoutPart(fresh, elastic), LoaderPosition(pos))
+    return _Training(ssl, grad_reducer, optimizer, scaler, LayoutPart(fresh, elastic), LoaderPosition(pos), shards)
 
 
 def _step(
@@ -169,7 +167,7 @@ def _train(cfg: PretrainConfig, dist_info: DistInfo, run_dir: Path, allow_change
     elif cfg.model.init:
         t.ssl.init_backbone(cfg.model.init)
     # Built after the checkpoint: an elastic resume takes the run's layout from it.
-    loader = PretrainLoader(cfg.data, cfg.run.seed, rank, world, t.layout.layout)
+    loader = PretrainLoader(cfg.data, cfg.run.seed, rank, world, t.layout.layout, t.shards)
     t.loader_position.attach(loader)
     if is_main and loader.share.micro_batches > 1:
         log.info("each rank runs %d micro-batches of %d per step (gradient accumulation)",
