@@ -48,7 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     sy.add_argument("--identities", type=int, default=200, help="labeled identities (half train, half test)")
     sy.add_argument("--cameras", type=int, default=6, help="labeled cameras, 2..9")
     sy.add_argument("--unlabeled", type=int, default=3000, help="unlabeled images (disjoint identities)")
-    sy.add_argument("--unlabeled-cameras", type=int, default=40)
+    sy.add_argument("--unlabeled-cameras", type=int, default=0,
+                    help="0: a scene per unlabeled image (default); N: N fixed cameras (scene-dominated)")
+    sy.add_argument("--val-identities", type=int, default=0,
+                    help="also write val/: a validation split of this many training people")
     sy.add_argument("--seed", type=int, default=0)
     sy.add_argument("--workers", type=int, default=1)
     return p
@@ -107,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
             make_synthetic(args.out, identities=args.identities, cameras=args.cameras, unlabeled=args.unlabeled,
                            seed=args.seed, unlabeled_cameras=args.unlabeled_cameras, workers=args.workers,
+                           val_identities=args.val_identities,
                            progress=True)
     except (SourceError, ValueError) as e:
         print(f"shard-tools {args.cmd}: error: {e}", file=sys.stderr)

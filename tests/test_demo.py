@@ -57,23 +57,32 @@ def test_says_which_executor_and_announces_stages(demo):
     first = next(line for line in stdout.splitlines() if line.startswith("[demo"))
     assert "submitit local executor" in first
     done = [line for line in stdout.splitlines() if line.startswith("[demo") and " done in " in line]
-    for stage in ("-> shards", "verify shards", "pretraining", "fine-tuning", "visualisations"):
+    for stage in ("-> shards", "verify shards", "pretraining", "person-vs-scene", "fine-tuning", "visualisations"):
         assert any(stage in line for line in done), stage
 
 
 def test_shards_verify(demo):
     out, _ = demo
-    for name in ("market-shards", "luperson-shards"):
+    for name in ("market-shards", "val-shards", "luperson-shards"):
         checked, problems = verify(out / "data" / name, decode=True)
         assert checked > 0 and problems == [], (name, problems)
 
 
 def test_pretraining_checkpoint_and_losses(demo):
     out, _ = demo
-    ckpts = sorted((out / "pretrain" / "checkpoints").glob("ckpt-*.pt"))
-    assert ckpts, "no pretraining checkpoint"
-    state = load_checkpoint(ckpts[-1])
-    assert state["step"] > 0
+    for run in ("pretrain", "pretrain-dino-only"):
+        ckpts = sorted((out / run / "checkpoints").glob("ckpt-*.pt"))
+        assert ckpts, f"no {run} checkpoint"
+        assert load_checkpoint(ckpts[-1])["step"] > 0
+    # The ablation is the same run without the masked-patch term.
+    import yaml
+
+    full, dino = (yaml.safe_load((out / run / "config.yaml").read_text()) for run in ("pretrain", "pretrain-dino-only"))
+    assert dino["loss"]["lambda2"] == 0 and full["loss"]["lambda2"] > 0
+    full["loss"]["lambda2"] = 0
+    assert {k: v for k, v in full.items() if k != "run"} == {k: v for k, v in dino.items() if k != "run"}
+    # The kNN monitor watches the validation split of training people, never the test split.
+    assert dino["monitor"]["shards"].endswith("val-shards")
     rows = [json.loads(x) for x in (out / "pretrain" / "metrics.jsonl").read_text().splitlines() if x.strip()]
     assert len([r for r in rows if "loss" in r]) >= 2  # first and last differ in time
     # The kNN monitor is on in the demo: the last epoch always gets its figures; `personvit report` ran.
@@ -82,16 +91,18 @@ def test_pretraining_checkpoint_and_losses(demo):
     assert (out / "pretrain" / "report" / "knn.png").is_file() and (out / "pretrain" / "report" / "summary.md").is_file()
 
 
-def test_finetune_results_for_both_starts_and_every_seed(demo):
+STARTS = {"pretrained": "pretrained teacher", "dino-only": "DINO-only teacher", "random": "random init"}
+
+
+def test_finetune_results_for_every_start_and_seed(demo):
     out, _ = demo
     summary = json.loads((out / "summary.json").read_text())
-    for start in ("pretrained", "random"):
+    for start, name in STARTS.items():
         for seed in range(SEEDS):
             run = out / "finetune" / f"{start}-seed{seed}"
             res = json.loads((run / "results.json").read_text())
             assert 0.0 <= res["mAP"] <= 1.0 and 0.0 <= res["rank1"] <= 1.0
             assert list((run / "checkpoints").glob("ckpt-*.pt")), run
-            name = "pretrained teacher" if start == "pretrained" else "random init"
             # The summary reports exactly what the run wrote.
             assert summary["finetune"][name]["mAP"][seed] == pytest.approx(100 * res["mAP"])
     # The pretrained start really loaded the teacher: its weights differ from the random start's.
@@ -122,15 +133,23 @@ def test_results_md_and_table(demo):
         "mAP",
         "Rank-1",
         "pretrained teacher CLS",
+        "DINO-only teacher CLS",
         "random-init CLS",
         "pretraining loss",
         "effective rank",
+        "same person over same scene",
+        "Ablation (paper Table 4, w/o MIM)",
         "executor **local**",
     ):
         assert needle in md, needle
-    assert "| pretrained teacher | 2 |" in stdout and "| random init | 2 |" in stdout
+    for name in STARTS.values():
+        assert f"| {name} | {SEEDS} |" in stdout, name
     summary = json.loads((out / "summary.json").read_text())
     pre, rnd = summary["finetune"]["pretrained teacher"]["mAP"], summary["finetune"]["random init"]["mAP"]
+    # The person-vs-scene fractions are measured for every backbone and raw pixels, in [0, 1].
+    person = {k: v["person_cls"] for k, v in summary["no_finetune"].items() if "person_cls" in v}
+    assert set(person) == {"pretrained teacher CLS", "DINO-only teacher CLS", "random-init CLS", "raw pixels 16x8"}
+    assert all(0.0 <= v <= 1.0 for v in person.values())
     claims_win = summary["verdict"].startswith("Pretraining helps")
     # A win is claimed exactly when every paired seed wins by more than the larger seed spread.
     spread = max(statistics.stdev(pre), statistics.stdev(rnd))

@@ -84,10 +84,27 @@ class Camera:
 
 
 def sample_camera(rng: np.random.Generator) -> Camera:
-    """Draw one camera's settings."""
+    """Draw one labeled camera's settings: each camera keeps its own look, as Market's six do."""
     return Camera(
         cast=tuple(float(x) for x in 1.0 + rng.uniform(-0.1, 0.1, 3)), brightness=float(rng.uniform(0.85, 1.15)),
         contrast=float(rng.uniform(0.85, 1.1)), scale=float(rng.uniform(0.78, 0.93)),
         blur=float(rng.choice([0.0, 0.3, 0.6, 0.9])), noise=float(rng.uniform(1.0, 5.0)),
         occlusion_p=float(rng.uniform(0.05, 0.25)), ground=tuple(round(0.5 * v + 64) for v in color(rng, 0.6)), quality=int(rng.integers(85, 96)),
+    )
+
+
+def sample_scene(rng: np.random.Generator) -> Camera:
+    """Draw the nuisances of one unlabeled image, as LUPerson's crops have them.
+
+    LUPerson holds detector crops from thousands of street videos: background, light and framing
+    change from image to image and the person fills the box. Drawing them per image (not per camera)
+    leaves the person as what several images of one person share. Global statistics that every crop
+    of an image shares and no other image of the person does (sensor noise, focus, colour cast) are
+    kept nearly constant: at this scale self-distillation matched crops by them and learned nothing
+    of the person (same-person retrieval at chance, README "Demo data").
+    """
+    return Camera(
+        cast=tuple(float(x) for x in 1.0 + rng.uniform(-0.03, 0.03, 3)), brightness=float(rng.uniform(0.9, 1.1)),
+        contrast=float(rng.uniform(0.9, 1.05)), scale=float(rng.uniform(0.86, 0.97)), blur=0.0, noise=2.0,
+        occlusion_p=0.1, ground=tuple(round(0.5 * v + 64) for v in color(rng, 0.6)), quality=90,
     )

@@ -13,17 +13,19 @@ import dataclasses
 import io
 import json
 import multiprocessing as mp
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from shard_tools.synth.attributes import sample_camera, sample_identity
+from shard_tools.synth.attributes import sample_camera, sample_identity, sample_scene
 from shard_tools.synth.render import render
 
 # numpy seed-sequence keys: (seed, KIND, ...) -> one generator per identity / camera / image
-IDENTITY, CAMERA, IMAGE, PLAN = 1, 2, 3, 4
+IDENTITY, CAMERA, IMAGE, PLAN, SCENE = 1, 2, 3, 4, 5
 UNLABELED_BASE = 1_000_000  # identity numbers of unlabeled people: disjoint from labeled ones
 UNLABELED_CAMERA_BASE = 100
 
@@ -76,13 +78,57 @@ def _labeled_jobs(identities: int, cameras: int, seed: int) -> list[Job]:
 
 
 def _unlabeled_jobs(images: int, cameras: int, per_identity: int) -> list[Job]:
-    """`images` JPEGs of `images / per_identity` people, each image from one of `cameras` cameras."""
+    """`images` JPEGs of `images / per_identity` people; each image its own scene (`cameras` = 0), else
+    one of `cameras` fixed cameras (the older, scene-dominated data, kept for comparison)."""
     jobs = []
     for i in range(images):
         ident = UNLABELED_BASE + i // per_identity
-        cam = UNLABELED_CAMERA_BASE + int(np.random.default_rng([i, ident]).integers(cameras))
+        if cameras:
+            cam = UNLABELED_CAMERA_BASE + int(np.random.default_rng([i, ident]).integers(cameras))
+        else:
+            cam = -1 - i  # a scene of its own: `_render_job` draws it with `sample_scene`
         jobs.append(Job(ident, cam, i % per_identity, f"unlabeled/{i:07d}.jpg"))
     return jobs
+
+
+def write_validation_split(out: Path, identities: int) -> dict[str, int]:
+    """`out/val/`: a Market-layout folder that holds out the last `identities` training people.
+
+    Tuning on the test split overfits the benchmark, so recipes are tuned on people of the training
+    split: `val/bounding_box_train/` keeps the other training people's images; the held-out people's
+    images become `val/query/` (the first image in each of their first one or two cameras, one when
+    they were seen by two, as in the test split) and `val/bounding_box_test/`. Files are hard links
+    (copies where links fail). Returns the image count per folder.
+    """
+    train = sorted((out / "bounding_box_train").glob("*.jpg"))  # pid, camera, frame order
+    cams_of: dict[int, list[int]] = {}
+    for path in train:
+        pid, cam = int(path.name[:4]), int(path.name.split("_")[1][1])
+        if cam not in cams_of.setdefault(pid, []):
+            cams_of[pid].append(cam)
+    if not 0 < identities < len(cams_of):
+        raise ValueError(f"--val-identities must be in 1..{len(cams_of) - 1} (training people), got {identities}")
+    held = set(sorted(cams_of)[-identities:])
+    dest = out / "val"
+    if dest.exists():
+        shutil.rmtree(dest)
+    counts = dict.fromkeys(("bounding_box_train", "query", "bounding_box_test"), 0)
+    queried: set[tuple[int, int]] = set()
+    for path in train:
+        pid, cam = int(path.name[:4]), int(path.name.split("_")[1][1])
+        folder = "bounding_box_train"
+        if pid in held:
+            query_cams = cams_of[pid][: 1 if len(cams_of[pid]) == 2 else 2]
+            folder = "query" if cam in query_cams and (pid, cam) not in queried else "bounding_box_test"
+            queried.add((pid, cam))
+        target = dest / folder / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copyfile(path, target)
+        counts[folder] += 1
+    return counts
 
 
 _STATE: dict = {}
@@ -91,8 +137,11 @@ _STATE: dict = {}
 def _render_job(job: Job) -> int:
     seed, out = _STATE["seed"], _STATE["out"]
     ident = sample_identity(np.random.default_rng([seed, IDENTITY, job.identity]))
-    cam = sample_camera(np.random.default_rng([seed, CAMERA, job.camera]))
-    img = render(ident, cam, np.random.default_rng([seed, IMAGE, job.identity, job.camera, job.draw]))
+    if job.camera < 0:  # an unlabeled image's own scene
+        cam = sample_scene(np.random.default_rng([seed, SCENE, -job.camera]))
+    else:
+        cam = sample_camera(np.random.default_rng([seed, CAMERA, job.camera]))
+    img = render(ident, cam, np.random.default_rng([seed, IMAGE, job.identity, abs(job.camera), job.draw]))
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=cam.quality)
     (out / job.path).write_bytes(buf.getvalue())
@@ -104,8 +153,8 @@ def _init(seed: int, out: Path) -> None:
 
 
 def make_synthetic(out: str | Path, identities: int = 200, cameras: int = 6, unlabeled: int = 3000, seed: int = 0,
-                   unlabeled_cameras: int = 40, images_per_unlabeled_id: int = 3, workers: int = 1,
-                   progress: bool = False) -> dict:
+                   unlabeled_cameras: int = 0, images_per_unlabeled_id: int = 3, workers: int = 1,
+                   val_identities: int = 0, progress: bool = False) -> dict:
     """Render the synthetic dataset into `out`; returns counts per folder (also in `out/synth.json`).
 
     Args:
@@ -114,9 +163,13 @@ def make_synthetic(out: str | Path, identities: int = 200, cameras: int = 6, unl
         cameras: labeled cameras, 2..9 (Market names carry one digit).
         unlabeled: images in `unlabeled/` (people disjoint from the labeled ones).
         seed: everything is a function of it.
-        unlabeled_cameras: cameras of the unlabeled images (their own, not the labeled ones).
+        unlabeled_cameras: 0 = every unlabeled image has its own scene (lighting, framing, background:
+            `sample_scene`), as LUPerson's crops from thousands of videos; N = N fixed cameras of
+            their own (the older data, on which pretraining learned the scene, not the person).
         images_per_unlabeled_id: images per unlabeled person.
         workers: rendering processes (output does not depend on it).
+        val_identities: > 0 also writes `out/val/`, a validation split of that many training people
+            (`write_validation_split`).
         progress: print a summary line.
     """
     if not 2 <= cameras <= 9:
@@ -142,6 +195,8 @@ def make_synthetic(out: str | Path, identities: int = 200, cameras: int = 6, unl
         counts[folder] = counts.get(folder, 0) + 1
     summary = {"seed": seed, "identities": identities, "cameras": cameras, "unlabeled": unlabeled,
                "unlabeled_cameras": unlabeled_cameras, "images": counts, "bytes": int(sum(sizes))}
+    if val_identities:
+        summary["val"] = write_validation_split(out, val_identities)
     (out / "synth.json").write_text(json.dumps(summary, indent=1) + "\n")
     if progress:
         dt = time.monotonic() - t0

@@ -15,30 +15,44 @@ def _jitter(c: RGB, rng: np.random.Generator, amount: float = 12.0) -> RGB:
     return tuple(int(np.clip(v + rng.normal(0, amount), 0, 255)) for v in c)  # type: ignore[return-value]
 
 
-def _muted(rng: np.random.Generator) -> RGB:
-    """A background colour: a random colour pulled halfway or more towards grey.
+def _muted(rng: np.random.Generator, base: float) -> RGB:
+    """A background colour: a random colour pulled 75-90% of the way to the scene's grey `base`.
 
-    Saturated backgrounds compete with clothing colour, the main identity cue (notes/tiny-ssl.md).
+    Backgrounds of low contrast next to the person's: in an earlier version (colours only 45-75%
+    grey), self-distillation matched two crops of an image by the clutter they shared and learned
+    nothing about the person (same-person retrieval at chance; notes/tiny-ssl.md).
     """
-    t = rng.uniform(0.45, 0.75)
-    return tuple(round((1 - t) * v + t * 128) for v in color(rng, 0.4))  # type: ignore[return-value]
+    t = rng.uniform(0.75, 0.9)
+    return tuple(round((1 - t) * v + t * base) for v in color(rng, 0.4))  # type: ignore[return-value]
 
 
 def _background(cam: Camera, rng: np.random.Generator) -> tuple[Image.Image, ImageDraw.ImageDraw]:
-    """A per-image scene: sky/wall gradient, a few blocks (buildings, windows, poles), ground."""
-    top, bottom = np.array(_muted(rng), np.float32), np.array(_muted(rng), np.float32)
+    """A per-image street scene, out of focus behind the person: wall gradient, clutter (windows, signs,
+    poles, passers-by), ground.
+
+    Many small muted shapes, blurred, so the background carries little that two crops could match
+    by; the centred, sharp person carries the most.
+    """
+    base = float(rng.uniform(90, 170))
+    top, bottom = np.array(_muted(rng, base), np.float32), np.array(_muted(rng, base), np.float32)
     t = np.linspace(0.0, 1.0, H, dtype=np.float32)[:, None, None]
     grad = np.broadcast_to(top * (1 - t) + bottom * t, (H, W, 3))
     img = Image.fromarray(np.ascontiguousarray(grad + 0.5).astype(np.uint8))
     d = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(1, 5))):
-        x0, y0 = int(rng.integers(-10, W)), int(rng.integers(-10, H // 2))
-        d.rectangle([x0, y0, x0 + int(rng.integers(6, 40)), y0 + int(rng.integers(10, 80))], fill=_muted(rng))
+    for _ in range(int(rng.integers(10, 26))):
+        w, h = int(rng.integers(4, 24)), int(rng.integers(4, 40))
+        x0, y0 = int(rng.integers(-w // 2, W)), int(rng.integers(-h // 2, H))
+        box = [x0, y0, x0 + w, y0 + h]
+        (d.ellipse if rng.random() < 0.3 else d.rectangle)(box, fill=_muted(rng, base))
     mix = rng.uniform(0.3, 0.7)
-    ground = tuple(round(mix * g + (1 - mix) * r) for g, r in zip(cam.ground, _muted(rng)))
+    ground = tuple(round(mix * g + (1 - mix) * r) for g, r in zip(cam.ground, _muted(rng, base)))
     horizon = int(rng.integers(int(H * 0.6), int(H * 0.8)))
     d.rectangle([0, horizon, W, H], fill=ground)
-    return img, d
+    for _ in range(int(rng.integers(0, 4))):  # kerb lines, tiles, shadows
+        y = int(rng.integers(horizon, H))
+        d.rectangle([0, y, W, y + int(rng.integers(1, 4))], fill=_muted(rng, base))
+    img = img.filter(ImageFilter.GaussianBlur(1.5))
+    return img, ImageDraw.Draw(img)
 
 
 def _person(d: ImageDraw.ImageDraw, ident: Identity, scale: float, rng: np.random.Generator) -> None:
@@ -145,19 +159,23 @@ def _occluder(d: ImageDraw.ImageDraw, rng: np.random.Generator) -> None:
         d.ellipse([side - 18, 20, side + 18, H + 20], fill=c)
 
 
-def render(ident: Identity, cam: Camera, rng: np.random.Generator) -> Image.Image:
-    """One 128x64 RGB image of `ident` seen by `cam`; all per-image variation comes from `rng`.
+def render(ident: Identity, cam: Camera, rng: np.random.Generator,
+           scene_rng: np.random.Generator | None = None) -> Image.Image:
+    """One 128x64 RGB image of `ident` seen by `cam`; all per-image variation comes from the generators.
 
     Args:
         ident: the person's stable attributes.
-        cam: the camera's nuisance settings.
-        rng: this image's generator.
+        cam: the camera's (or the image's) nuisance settings.
+        rng: this image's generator (pose, scale, flip, noise; the scene too unless `scene_rng`).
+        scene_rng: the background's and occluder's generator, so that one scene can be rendered behind
+            several people (the person-vs-scene pair test).
     """
-    img, d = _background(cam, rng)
+    scene_rng = rng if scene_rng is None else scene_rng
+    img, d = _background(cam, scene_rng)
     _person(d, ident, float(np.clip(cam.scale + rng.normal(0, 0.03), 0.65, 0.98)), rng)
-    if rng.random() < cam.occlusion_p:
-        _occluder(d, rng)
-    if rng.random() < 0.5:
+    if scene_rng.random() < cam.occlusion_p:
+        _occluder(d, scene_rng)
+    if scene_rng.random() < 0.5:  # the scene's draw: one scene behind two people stays the same picture
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if cam.blur > 0:
         img = img.filter(ImageFilter.GaussianBlur(cam.blur))
