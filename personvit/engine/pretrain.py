@@ -156,9 +156,7 @@ def _train(cfg: PretrainConfig, dist_info: DistInfo, run_dir: Path, allow_change
     preemption.install_handlers()
     pos = Position()
     t = _build(cfg, dist_info, allow_change, pos)
-    ckpt = Checkpointer(
-        CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last, cfg.checkpoint.keep_every_epochs, is_main)
-    )
+    ckpt = Checkpointer(CheckpointManager.from_config(cfg.checkpoint, run_dir, is_main))
     t.register(ckpt)
     resumed = ckpt.load_latest() if cfg.checkpoint.resume else None
     if resumed is not None:
