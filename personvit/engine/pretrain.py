@@ -37,6 +37,7 @@ from personvit.checkpoint import CheckpointManager
 from personvit.config.core import load_config
 from personvit.config.pretrain import PretrainConfig
 from personvit.data.batch_layout import LayoutError
+from personvit.data.device_augment import device_views
 from personvit.data.pretrain_loader import CorruptDataError, PretrainLoader, fresh_layout
 from personvit.data.shards import ShardError, read_manifest
 from personvit.distributed import DistInfo, init_distributed, is_dist, shutdown
@@ -239,7 +240,7 @@ class _PretrainStep:
             uniforms = sample_drop_uniforms(
                 self.cfg.run.seed, epoch, batch.positions, self.n_views, self.slots, self.device
             )
-        return MicroBatch(batch.views(self.device), masks, uniforms)
+        return MicroBatch(device_views(batch, self.device), masks, uniforms)
 
     def __call__(self, at: Position, batches) -> StepOutput:
         cfg, t = self.cfg, self.t
