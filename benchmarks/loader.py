@@ -12,7 +12,7 @@ machine inflate them less than wall time would:
   worker spends per image when the photometric work runs batched on the GPU;
 - ours with 2 DataLoader workers (CPU of the main process + the joined workers: adds the IPC of
   the uint8 batches), and with reduced-scale JPEG decoding switched off;
-- ours, everything on CPU: the same plus `batch.views("cpu")` (the batched photometric ops on CPU),
+- ours, everything on CPU: the same plus `device_views(batch, "cpu")` (the batched photometric ops on CPU),
   the honest number for a machine without GPU; with the exact (torchvision) colour jitter, the
   default, and with the composed-matrix jitter (`data.jitter_impl=matrix`).
 
@@ -45,8 +45,9 @@ from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
 from personvit.config.data import PretrainDataConfig
+from personvit.data.device_augment import IMAGENET_MEAN, IMAGENET_STD, device_views
 from personvit.data.multicrop import crop_resize, decode, sample_box, to_tensor
-from personvit.data.photometric import IMAGENET_MEAN, IMAGENET_STD, draw_photometric
+from personvit.data.photometric import draw_photometric
 from personvit.data.pretrain_loader import PretrainLoader, crop_specs
 from personvit.masking import view_masks
 from shard_tools.pack import pack
@@ -142,7 +143,7 @@ def run_ours(cfg: PretrainDataConfig, with_views: bool) -> float:
     t0, c0 = time.process_time(), _children_cpu()
     for batch in loader.iter_epoch(0):
         if with_views:
-            batch.views("cpu")
+            device_views(batch, "cpu")
     return time.process_time() - t0 + _children_cpu() - c0
 
 

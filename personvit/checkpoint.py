@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from personvit.atomic_write import atomic_write
+from personvit.config.sections import CheckpointConfig
 from personvit.runlog import get_logger
 
 FORMAT = "personvit-checkpoint"
@@ -92,11 +93,12 @@ class CheckpointManager:
         keep_last: recent complete checkpoints to keep (>= 2: the newest may be mid-write).
         keep_every_epochs: keep forever the checkpoint saved at the end of every N-th epoch (0 = off).
         is_main: only the main rank writes; others may still read.
+    Raises:
+        ValueError: a retention value `CheckpointConfig` refuses (its `__post_init__` owns the rules).
     """
 
     def __init__(self, root: str | Path, keep_last: int = 2, keep_every_epochs: int = 0, is_main: bool = True):
-        if keep_last < 2:
-            raise ValueError("keep_last must be >= 2 (the newest checkpoint may be mid-write when a job dies)")
+        CheckpointConfig(keep_last=keep_last, keep_every_epochs=keep_every_epochs)  # the one validation
         self.root = Path(root)
         self.keep_last = keep_last
         self.keep_every_epochs = keep_every_epochs
@@ -104,6 +106,19 @@ class CheckpointManager:
         if is_main and self.root.is_dir():
             for stale in self.root.glob(".*.tmp*"):  # leftovers of a write killed mid-way
                 stale.unlink(missing_ok=True)
+
+    @classmethod
+    def from_config(
+        cls, cfg: CheckpointConfig, run_dir: str | Path, is_main: bool = True
+    ) -> CheckpointManager:
+        """The manager of a run's `checkpoints/` folder with the retention of its `checkpoint` section.
+
+        Args:
+            cfg: the run's `checkpoint` section (validated when it was built).
+            run_dir: the run folder; checkpoints live in `<run_dir>/checkpoints`.
+            is_main: only the main rank writes.
+        """
+        return cls(Path(run_dir) / "checkpoints", cfg.keep_last, cfg.keep_every_epochs, is_main=is_main)
 
     # ----------------------------------------------------------------- listing
     def _marker(self, ckpt: Path) -> Path:

@@ -144,16 +144,26 @@ def pack(source: str, src: str | Path, out: str | Path, *, maxcount: int = 10000
             return None
         manifest = merge(out)
     except OSError as e:
-        _remove_temps(out, todo)
-        kept = sum(load_journal(out, s.name, plan.fingerprint) is not None for s in mine)
+        kept = _clean_up(out, todo, mine, plan.fingerprint)
         raise SourceError(f"cannot write {e.filename or out}: {e.strerror or e}; {kept} of {len(mine)} shard(s) "
                           "finished and kept, temporary files removed: free space (or fix the device) and "
                           "rerun the same command to resume") from None
     except KeyboardInterrupt:
-        _remove_temps(out, todo)
-        kept = sum(load_journal(out, s.name, plan.fingerprint) is not None for s in mine)
+        kept = _clean_up(out, todo, mine, plan.fingerprint)
         raise PackInterrupted(f"{kept} of {len(mine)} shard(s) finished and kept in {out}; "
                               "rerun the same command to resume") from None
+    _report_merged(out, manifest, progress)
+    return manifest
+
+
+def _clean_up(out: Path, todo: list[ShardPlan], mine: list[ShardPlan], fingerprint: str) -> int:
+    """After a failed or interrupted pack: remove this task's temporaries; how many of its shards are kept."""
+    _remove_temps(out, todo)
+    return sum(load_journal(out, s.name, fingerprint) is not None for s in mine)
+
+
+def _report_merged(out: Path, manifest: dict, progress: bool) -> None:
+    """Print the merged set's summary; a set of 0 samples is an error naming the first skip's reason."""
     if progress:
         print(f"wrote {out / MANIFEST}: " + ", ".join(f"{k} {v['samples']} samples / {v['num_shards']} shards"
                                                       for k, v in manifest["splits"].items()), flush=True)
@@ -162,7 +172,6 @@ def pack(source: str, src: str | Path, out: str | Path, *, maxcount: int = 10000
         why = f" (first: {first['path']}: {first['reason']})" if first else ""
         raise SourceError(f"packed 0 samples into {out}: all {manifest['num_skipped']} listed image(s) were "
                           f"skipped{why}; every one is listed with its reason in {out / MANIFEST}")
-    return manifest
 
 
 def _write_shards(plan: Plan, mine: list[ShardPlan], todo: list[ShardPlan], src_obj: Source, out: Path,

@@ -16,4 +16,25 @@ Preemption, end to end: Slurm sends USR2 `signal_delay_s` before the kill; perso
 handler (installed in front of submitit's) sets a flag; trainers all-reduce it every step, save a
 checkpoint together and raise `Preempted`; TrainJob then lets submitit's handler requeue the job
 (`scontrol requeue`), and the restarted job resumes from the run folder's `latest` checkpoint.
+
+Public API: `load_profile`, `TrainJob` / `CommandJob`; the local Slurm is `slurm.local_cluster`'s.
 """
+
+from __future__ import annotations
+
+import importlib
+
+# Public name -> the module that owns it. Imported on first use (PEP 562), so importing this
+# package stays as light as before (no torch, not even `typing`, unless a name is used).
+_EXPORTS = {
+    "CommandJob": "slurm.jobs",
+    "TrainJob": "slurm.jobs",
+    "load_profile": "slurm.profiles",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

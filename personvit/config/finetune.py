@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 from personvit.config.core import ConfigError, from_dict
+from personvit.config.model import BackboneConfig
 from personvit.config.sections import CheckpointConfig, DistConfig, RunConfig
 from personvit.precision import Precision
 
@@ -70,43 +71,28 @@ class ReIDDataConfig:
 
 
 @dataclass
-class ReIDModelConfig:
-    """Backbone, BNNeck and where the backbone's weights come from.
+class ReIDModelConfig(BackboneConfig):
+    """Backbone (shared fields in config/model.py), BNNeck and where the backbone's weights come from.
 
     Attributes:
-        arch: `vit_tiny`, `vit_small` or `vit_base` (see personvit.models.build_vit).
         patch_size, embed_dim, depth, num_heads: overrides of the named architecture (0 = keep),
             for tiny CPU models that must match a tiny pretraining run.
         drop_path_rate: stochastic depth of the last block during fine-tuning.
-        attn_backend: `auto`, `xformers`, `sdpa` or `math`.
         init: starting checkpoint: ours (a `ckpt-*.pt` file or a pretraining run folder; its teacher
             is used), or a released iBOT/PersonViT file; empty = random init.
         init_strict: fail when the checkpoint's backbone misses any weight (else log and go on).
         classifier_std: init std of the bias-free ID classifier.
     """
 
-    arch: str = "vit_small"
+    UNSET: ClassVar[int | None] = 0
+
     patch_size: int = 0
     embed_dim: int = 0
     depth: int = 0
     num_heads: int = 0
-    drop_path_rate: float = 0.1
-    attn_backend: Literal["auto", "xformers", "sdpa", "math"] = "auto"
     init: str = ""
     init_strict: bool = True
     classifier_std: float = 0.001
-
-    def __post_init__(self) -> None:
-        for name in ("patch_size", "embed_dim", "depth", "num_heads"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (0 = architecture default)")
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
-
-    def overrides(self) -> dict[str, int]:
-        """The non-zero architecture overrides, as keyword arguments of `build_vit`."""
-        names = ("patch_size", "embed_dim", "depth", "num_heads")
-        return {n: getattr(self, n) for n in names if getattr(self, n)}
 
 
 @dataclass

@@ -8,9 +8,10 @@ differs. Sections: `run`, `data` (the loader's, personvit/config/data.py), `mode
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar
 
 from personvit.config.data import PretrainDataConfig
+from personvit.config.model import BackboneConfig
 from personvit.config.sections import CheckpointConfig, DistConfig, RunConfig
 from personvit.precision import Precision, canonical_precision
 
@@ -48,43 +49,24 @@ class HeadConfig:
 
 
 @dataclass
-class PretrainModelConfig:
-    """Student/teacher backbone (SPEC.md section 1) and head.
+class PretrainModelConfig(BackboneConfig):
+    """Student/teacher backbone (SPEC.md section 1; shared fields in config/model.py) and head.
 
     Attributes:
-        arch: `vit_tiny`, `vit_small` or `vit_base`.
-        patch_size: patch side in pixels (must equal `data.patch_size`, the mask grid).
+        patch_size: patch side in pixels (must equal `data.patch_size`, the mask grid), so always set.
         embed_dim, depth, num_heads, mlp_ratio: shrink the named arch (tests, demo); None = the arch's.
         drop_path_rate: stochastic depth of the student (the teacher has none).
-        attn_backend: `auto` | `xformers` | `sdpa` | `math`.
         init: None (random init) or a backbone file: a timm / ImageNet state dict, an iBOT/DINO
             checkpoint or one of ours (Table 5 "w/ PT"); position embeddings are resized.
         head: projection head.
     """
 
-    arch: Literal["vit_tiny", "vit_small", "vit_base"] = "vit_small"
+    SHAPE_KEYS: ClassVar[tuple[str, ...]] = (*BackboneConfig.SHAPE_KEYS, "mlp_ratio")
+
     patch_size: int = 16
-    embed_dim: int | None = None
-    depth: int | None = None
-    num_heads: int | None = None
     mlp_ratio: float | None = None
-    drop_path_rate: float = 0.1
-    attn_backend: Literal["auto", "xformers", "sdpa", "math"] = "auto"
     init: str | None = None
     head: HeadConfig = field(default_factory=HeadConfig)
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
-        for name in ("patch_size", "embed_dim", "depth", "num_heads"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-
-    def vit_overrides(self) -> dict[str, float]:
-        """Keyword overrides for `build_vit` (only the ones set)."""
-        keys = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 `PretrainBatch` is the contract between the loader and the trainer: uint8 crops (cheap to move,
 ~4x smaller than float), the photometric parameters that travel with them, and the student masks.
-`views(device)` turns it into the normalised float views the student/teacher consume.
+`personvit.data.device_augment.device_views` turns it into the normalised float views the
+student/teacher consume.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
-from personvit.data.photometric import PhotometricParams, apply_photometric
+from personvit.data.photometric import PhotometricParams
 
 
 @dataclass
@@ -45,8 +46,8 @@ class PretrainBatch:
         keys: sample keys, `shard/key`.
         epoch: epoch of the batch.
         index: step index inside the epoch (resume position = index + 1).
-        max_sigma: blur kernel size parameter (the config's largest sigma).
-        jitter_impl: `exact` or `matrix` colour jitter (see `apply_photometric`).
+        max_sigma: blur kernel size parameter (the config's largest sigma; read by `device_views`).
+        jitter_impl: `exact` or `matrix` colour jitter (see `device_augment.apply_photometric`).
         corrupt: `shard/key: reason` of samples that failed to decode; their slots hold a copy of
             another image of the batch with the slot's own random draws.
         positions: epoch position of each sample (keys its random draws, drop path included).
@@ -84,23 +85,6 @@ class PretrainBatch:
             masks=pin(self.masks),
         )
 
-    def views(self, device: torch.device | str) -> list[torch.Tensor]:
-        """Normalised float32 views on `device`: 2 globals, then the locals.
-
-        Photometric work runs batched per resolution (all globals together, all locals together).
-        """
-        b = self.batch_size
-        ng = len(self.global_crops)
-        params = self.photometric.map(lambda t: t.to(device, non_blocking=True))
-        out: list[torch.Tensor] = []
-        for crops, lo in ((self.global_crops, 0), (self.local_crops, ng)):
-            if not crops:
-                continue
-            x = torch.cat([c.to(device, non_blocking=True) for c in crops])
-            p = params.map(lambda t, lo=lo, n=len(crops): t[lo : lo + n].flatten(0, 1))
-            out.extend(apply_photometric(x, p, self.max_sigma, jitter_impl=self.jitter_impl).split(b))
-        return out
-
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     """torch.stack, straight into shared memory inside a DataLoader worker.
@@ -127,9 +111,9 @@ def collate(
         samples: the batch's samples, in position order.
         n_global: number of global views (the first crops of each sample).
         epoch, index: batch identity.
-        max_sigma: forwarded for `views`.
+        max_sigma: forwarded for `device_views`.
         corrupt: corrupt-sample reports of this batch.
-        jitter_impl: forwarded for `views`.
+        jitter_impl: forwarded for `device_views`.
         positions, first_index, micro, micro_batches: the samples' place in the step (`PretrainBatch`).
     """
     n_views = len(samples[0].crops)

@@ -8,7 +8,7 @@ runs once per order slot on the images that drew it, with per-image factors.
 
 Brightness, contrast and saturation are torchvision's `_blend` formulas; hue is an RGB -> HSV ->
 RGB round trip equal to `torchvision.transforms.v2.functional.adjust_hue` (tested against it). The
-cheaper alternative, one composed colour matrix per image (`photometric.color_matrices`), rotates
+cheaper alternative, one composed colour matrix per image (`device_augment.color_matrices`), rotates
 hue in YIQ space instead and clamps once; `data.jitter_impl` chooses.
 """
 

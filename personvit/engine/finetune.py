@@ -133,8 +133,7 @@ class Finetuner:
         # Without DDP's buffer broadcast the BNNeck running stats of ranks > 0 drift apart; only rank
         # 0's are saved and evaluated, and those evolve as under DDP (its broadcast comes from rank 0).
         self.grad_reducer = FlatGradReducer(self.model.parameters()) if dist_info.world_size > 1 else None
-        self.ckpt = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last,
-                                      cfg.checkpoint.keep_every_epochs, is_main=dist_info.is_main)
+        self.ckpt = CheckpointManager.from_config(cfg.checkpoint, run_dir, is_main=dist_info.is_main)
         self.pos = Position()
         self.checkpointer = Checkpointer(self.ckpt)
         # The flat layout evaluation and export read: run facts at the top, checked before any load.

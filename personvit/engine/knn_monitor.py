@@ -21,7 +21,7 @@ from torch import nn
 
 from personvit.config.finetune import ReIDDataConfig
 from personvit.config.pretrain import KnnMonitorConfig
-from personvit.data.photometric import IMAGENET_MEAN, IMAGENET_STD
+from personvit.data.device_augment import IMAGENET_MEAN, IMAGENET_STD
 from personvit.data.reid import ReIDSplit, read_reid_split
 from personvit.data.shards import ShardError
 from personvit.distributed import barrier

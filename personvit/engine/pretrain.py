@@ -37,6 +37,7 @@ from personvit.checkpoint import CheckpointManager
 from personvit.config.core import load_config
 from personvit.config.pretrain import PretrainConfig
 from personvit.data.batch_layout import LayoutError
+from personvit.data.device_augment import device_views
 from personvit.data.pretrain_loader import CorruptDataError, PretrainLoader, fresh_layout
 from personvit.data.shards import ShardError, read_manifest
 from personvit.distributed import DistInfo, init_distributed, is_dist, shutdown
@@ -156,9 +157,7 @@ def _train(cfg: PretrainConfig, dist_info: DistInfo, run_dir: Path, allow_change
     preemption.install_handlers()
     pos = Position()
     t = _build(cfg, dist_info, allow_change, pos)
-    ckpt = Checkpointer(
-        CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last, cfg.checkpoint.keep_every_epochs, is_main)
-    )
+    ckpt = Checkpointer(CheckpointManager.from_config(cfg.checkpoint, run_dir, is_main))
     t.register(ckpt)
     resumed = ckpt.load_latest() if cfg.checkpoint.resume else None
     if resumed is not None:
@@ -241,7 +240,7 @@ class _PretrainStep:
             uniforms = sample_drop_uniforms(
                 self.cfg.run.seed, epoch, batch.positions, self.n_views, self.slots, self.device
             )
-        return MicroBatch(batch.views(self.device), masks, uniforms)
+        return MicroBatch(device_views(batch, self.device), masks, uniforms)
 
     def __call__(self, at: Position, batches) -> StepOutput:
         cfg, t = self.cfg, self.t

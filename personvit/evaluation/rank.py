@@ -83,6 +83,36 @@ def _check_inputs(
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
 
 
+def _per_query(
+    distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray, g_camids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each query's first-hit rank (0-based, -1 = no kept true match), AP, INP and kept true matches.
+
+    A query's same-pid same-camera gallery items are removed (Market-1501 protocol); AP and INP are NaN
+    for a query left without a true match.
+    """
+    nq = distmat.shape[0]
+    first_rank = np.full(nq, -1, dtype=np.int64)
+    ap = np.full(nq, np.nan)
+    inp = np.full(nq, np.nan)
+    num_matches = np.zeros(nq, dtype=np.int64)
+    for q in range(nq):
+        dist = distmat[q]
+        if np.isnan(dist).any():
+            raise ValueError(f"distmat row {q} contains NaN distances")
+        is_match = g_pids == q_pids[q]
+        keep = ~(is_match & (g_camids == q_camids[q]))
+        ranks = match_ranks(dist, is_match, keep)
+        if ranks.size == 0:
+            continue
+        hits = np.arange(1, ranks.size + 1)
+        first_rank[q] = ranks[0]
+        ap[q] = float(np.mean(hits / (ranks + 1)))  # mean of precision@k at each hit
+        inp[q] = ranks.size / (ranks[-1] + 1)  # hits / rank of the hardest (last) hit
+        num_matches[q] = ranks.size
+    return first_rank, ap, inp, num_matches
+
+
 def evaluate_rank(
     distmat: np.ndarray,
     q_pids: np.ndarray,
@@ -116,26 +146,7 @@ def evaluate_rank(
     q_camids, g_camids = np.asarray(q_camids).ravel(), np.asarray(g_camids).ravel()
     _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
     nq = distmat.shape[0]
-
-    first_rank = np.full(nq, -1, dtype=np.int64)
-    ap = np.full(nq, np.nan)
-    inp = np.full(nq, np.nan)
-    num_matches = np.zeros(nq, dtype=np.int64)
-    for q in range(nq):
-        dist = distmat[q]
-        if np.isnan(dist).any():
-            raise ValueError(f"distmat row {q} contains NaN distances")
-        is_match = g_pids == q_pids[q]
-        keep = ~(is_match & (g_camids == q_camids[q]))
-        ranks = match_ranks(dist, is_match, keep)
-        if ranks.size == 0:
-            continue
-        hits = np.arange(1, ranks.size + 1)
-        first_rank[q] = ranks[0]
-        ap[q] = float(np.mean(hits / (ranks + 1)))  # mean of precision@k at each hit
-        inp[q] = ranks.size / (ranks[-1] + 1)  # hits / rank of the hardest (last) hit
-        num_matches[q] = ranks.size
-
+    first_rank, ap, inp, num_matches = _per_query(distmat, q_pids, g_pids, q_camids, g_camids)
     valid = first_rank >= 0
     num_valid = int(valid.sum())
     if num_valid == 0:

@@ -176,6 +176,21 @@ def _query_expansion(
     return np.concatenate(out_ptr), np.concatenate(out_idx), np.concatenate(out_val)
 
 
+def _neighbours(dist: _FeatureDistances | _MatrixDistances, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's largest distance (its normaliser, >= the smallest float32) and its k nearest
+    neighbours under the normalised distance (stable order), computed in row blocks."""
+    n = dist.n
+    row_max = torch.empty(n, dtype=torch.float32)
+    ranks = torch.empty(n, k, dtype=torch.int64)
+    step = max(1, _BLOCK_ELEMS // n)
+    for s in range(0, n, step):
+        block = dist.rows(s, min(s + step, n)).float()
+        mx = block.max(dim=1).values.clamp_(min=torch.finfo(torch.float32).tiny)
+        row_max[s:s + block.shape[0]] = mx
+        ranks[s:s + block.shape[0]] = _stable_topk_smallest(block / mx[:, None], k)
+    return row_max, ranks
+
+
 def _rerank(dist: _FeatureDistances | _MatrixDistances, num_query: int, k1: int, k2: int,
             lambda_value: float) -> np.ndarray:
     n = dist.n
@@ -188,14 +203,7 @@ def _rerank(dist: _FeatureDistances | _MatrixDistances, num_query: int, k1: int,
     kh = int(np.around(k1 / 2.0))  # numpy rounding, as the classic code
 
     # 1. Per-image normaliser (largest distance) and the k1+1 nearest neighbours, in row blocks.
-    row_max = torch.empty(n, dtype=torch.float32)
-    ranks = torch.empty(n, k1 + 1, dtype=torch.int64)
-    step = max(1, _BLOCK_ELEMS // n)
-    for s in range(0, n, step):
-        block = dist.rows(s, min(s + step, n)).float()
-        mx = block.max(dim=1).values.clamp_(min=torch.finfo(torch.float32).tiny)
-        row_max[s:s + block.shape[0]] = mx
-        ranks[s:s + block.shape[0]] = _stable_topk_smallest(block / mx[:, None], k1 + 1)
+    row_max, ranks = _neighbours(dist, k1 + 1)
     ranks_np = ranks.numpy()
 
     # 2. Sparse V: Gaussian weights over each image's expanded k-reciprocal set, rows sum to 1.

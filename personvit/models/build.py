@@ -15,6 +15,7 @@ import torch
 
 from personvit.config.core import from_dict
 from personvit.config.finetune import ReIDModelConfig
+from personvit.config.model import BackboneConfig
 from personvit.config.pretrain import PretrainModelConfig
 from personvit.models.heads import DINOHead
 from personvit.models.multicrop import MultiCropWrapper
@@ -28,16 +29,16 @@ __all__ = ["ModelSection", "build_backbone", "build_eval_reid_model", "build_fin
 ModelSection = PretrainModelConfig | ReIDModelConfig
 
 
-def vit_kwargs(model: ModelSection) -> dict[str, Any]:
+def vit_kwargs(model: BackboneConfig) -> dict[str, Any]:
     """`build_vit` architecture overrides of either schema's `model` section (only the ones set).
 
     Args:
         model: a pretraining (None = keep) or fine-tuning (0 = keep) `model` section.
     """
-    return model.vit_overrides() if isinstance(model, PretrainModelConfig) else model.overrides()
+    return model.vit_overrides()
 
 
-def build_backbone(model: ModelSection, img_size: Sequence[int], drop_path_rate: float = 0.0,
+def build_backbone(model: BackboneConfig, img_size: Sequence[int], drop_path_rate: float = 0.0,
                    attn_backend: str | None = None) -> VisionTransformer:
     """A freshly initialised ViT of `model`'s architecture.
 
@@ -79,7 +80,7 @@ def build_finetune_model(model: ReIDModelConfig, img_size: Sequence[int], num_cl
         num_classes: training identities.
     """
     return build_reid_model(model.arch, tuple(img_size), num_classes, model.drop_path_rate, model.attn_backend,
-                            model.classifier_std, model.overrides())
+                            model.classifier_std, vit_kwargs(model))
 
 
 def model_arch(model: ReIDModelConfig, img_size: Sequence[int]) -> dict[str, Any]:
@@ -89,7 +90,7 @@ def model_arch(model: ReIDModelConfig, img_size: Sequence[int]) -> dict[str, Any
         model: the fine-tuning `model` section.
         img_size: `data.img_size`.
     """
-    return {"arch": model.arch, "img_size": [int(img_size[0]), int(img_size[1])], **model.overrides()}
+    return {"arch": model.arch, "img_size": [int(img_size[0]), int(img_size[1])], **vit_kwargs(model)}
 
 
 def build_eval_reid_model(model: ReIDModelConfig, img_size: Sequence[int],
@@ -104,7 +105,7 @@ def build_eval_reid_model(model: ReIDModelConfig, img_size: Sequence[int],
     """
     if arch_record is None:
         return build_reid_model(model.arch, tuple(img_size), 0, attn_backend=model.attn_backend,
-                                overrides=model.overrides())
+                                overrides=vit_kwargs(model))
     overrides = {k: v for k, v in arch_record.items() if k not in ("arch", "img_size")}
     return build_reid_model(arch_record["arch"], tuple(img_size), 0, attn_backend=model.attn_backend,
                             overrides=overrides)

@@ -42,6 +42,38 @@ def resolution_groups(crops: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
     return groups
 
 
+def _check_views(
+    crops: Sequence[torch.Tensor] | torch.Tensor,
+    masks: Sequence[torch.Tensor] | torch.Tensor | None,
+    patch_views: int | None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[int, int]], int]:
+    """`MultiCropWrapper.forward`'s inputs as lists, checked; its resolution groups and `patch_views`.
+
+    Raises:
+        ValueError: no crops, unequal batch sizes, more masks than views, or `patch_views` past the
+            first resolution group (patch logits of different grids cannot be stacked).
+    """
+    if isinstance(crops, torch.Tensor):
+        crops = [crops]
+    crops = list(crops)
+    if len(crops) == 0:
+        raise ValueError("MultiCropWrapper: no crops given")
+    batch = crops[0].shape[0]
+    if any(c.shape[0] != batch for c in crops):
+        raise ValueError(f"MultiCropWrapper: all views need the same batch size, got {[c.shape[0] for c in crops]}")
+    masks = list(masks) if masks is not None else []
+    if len(masks) > len(crops):
+        raise ValueError(f"MultiCropWrapper: {len(masks)} masks for {len(crops)} views")
+    groups = resolution_groups(crops)
+    if patch_views is None:
+        patch_views = groups[0][1]
+    if not 0 <= patch_views <= groups[0][1]:
+        raise ValueError(
+            f"MultiCropWrapper: patch_views={patch_views} must lie within the first {groups[0][1]} same-size views"
+        )
+    return crops, masks, groups, patch_views
+
+
 class MultiCropWrapper(nn.Module):
     """Run a token backbone and a DINO head over a list of views.
 
@@ -72,27 +104,8 @@ class MultiCropWrapper(nn.Module):
             drop_uniforms: [V, B, slots] per-sample drop-path uniforms (models/drop_path.py); None
                 draws drop path from torch's global generator.
         """
-        if isinstance(crops, torch.Tensor):
-            crops = [crops]
-        if len(crops) == 0:
-            raise ValueError("MultiCropWrapper: no crops given")
+        crops, masks, groups, patch_views = _check_views(crops, masks, patch_views)
         batch = crops[0].shape[0]
-        if any(c.shape[0] != batch for c in crops):
-            raise ValueError(
-                f"MultiCropWrapper: all views need the same batch size, got {[c.shape[0] for c in crops]}"
-            )
-        masks = list(masks) if masks is not None else []
-        if len(masks) > len(crops):
-            raise ValueError(f"MultiCropWrapper: {len(masks)} masks for {len(crops)} views")
-        groups = resolution_groups(crops)
-        if patch_views is None:
-            patch_views = groups[0][1]
-        if not 0 <= patch_views <= groups[0][1]:
-            # Patch logits of different grids cannot be stacked; only the first group qualifies.
-            raise ValueError(
-                f"MultiCropWrapper: patch_views={patch_views} must lie within the first {groups[0][1]} same-size views"
-            )
-
         cls_out, patch_out = [], []
         for start, end in groups:
             x = torch.cat(list(crops[start:end]))

@@ -20,6 +20,9 @@ from personvit.checkpoint import (
     load_checkpoint,
 )
 from personvit.cli import main as cli_main
+from personvit.config.core import ConfigError, load_config
+from personvit.config.pretrain import PretrainConfig
+from personvit.config.sections import CheckpointConfig
 
 
 def _state(seed: int = 0) -> dict:
@@ -65,6 +68,23 @@ def test_keep_last_and_keep_forever(tmp_path):
 def test_keep_last_must_be_at_least_two(tmp_path):
     with pytest.raises(ValueError, match="keep_last"):
         CheckpointManager(tmp_path, keep_last=1)
+
+
+def test_from_config_equals_the_explicit_form(tmp_path):
+    cfg = CheckpointConfig(every_steps=5, keep_last=3, keep_every_epochs=4)
+    built = CheckpointManager.from_config(cfg, tmp_path, is_main=False)
+    explicit = CheckpointManager(tmp_path / "checkpoints", keep_last=3, keep_every_epochs=4, is_main=False)
+    assert vars(built) == vars(explicit)
+
+
+@pytest.mark.parametrize("override", ["checkpoint.keep_last=1", "checkpoint.keep_every_epochs=-1"])
+def test_bad_retention_refused_in_one_line(override):
+    key = override.split("=")[0].split(".")[1]
+    with pytest.raises(ConfigError) as exc:
+        load_config(PretrainConfig, None, ["data.shards=/s", override])
+    assert key in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(ValueError, match=key):  # the explicit form applies the same rule
+        CheckpointManager("/nonexistent", **{key: int(override.split("=")[1])})
 
 
 def test_truncated_latest_falls_back(tmp_path, caplog):

@@ -9,7 +9,8 @@ import torchvision.transforms.v2.functional as TF
 
 from personvit.config.data import PretrainDataConfig
 from personvit.data.color_jitter import color_jitter, hsv_to_rgb, rgb_to_hsv
-from personvit.data.photometric import PhotometricParams, apply_photometric, draw_photometric
+from personvit.data.device_augment import apply_photometric
+from personvit.data.photometric import PhotometricParams, draw_photometric
 
 TV_OPS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
 

@@ -10,15 +10,14 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from personvit.config.data import PretrainDataConfig
-from personvit.data.photometric import (
+from personvit.data.device_augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    PhotometricParams,
     apply_photometric,
     color_matrices,
-    draw_photometric,
     gaussian_blur,
 )
+from personvit.data.photometric import PhotometricParams, draw_photometric
 
 
 def _images(n: int, lo: float = 0.0, hi: float = 1.0, h: int = 24, w: int = 16) -> torch.Tensor:

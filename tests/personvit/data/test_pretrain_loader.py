@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from personvit.config.data import PretrainDataConfig
-from personvit.data.photometric import apply_photometric
+from personvit.data.device_augment import apply_photometric, device_views
 from personvit.data.pretrain_loader import CorruptDataError, PretrainLoader
 from personvit.data.shards import ShardError
 
@@ -126,7 +126,7 @@ def test_epoch_is_a_seeded_permutation_split_across_ranks(shard_dir):
 def test_views_are_normalised_float_views_in_student_order(shard_dir):
     cfg = tiny_cfg(shard_dir)
     batch = next(PretrainLoader(cfg, seed=0, rank=0, world_size=1).iter_epoch(0))
-    views = batch.views("cpu")
+    views = device_views(batch, "cpu")
     assert [tuple(v.shape) for v in views] == [(8, 3, 64, 32)] * 2 + [(8, 3, 32, 16)] * 2
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in views)
     assert batch.masks.shape == (2, 8, (64 // 8) * (32 // 8)) and batch.masks.dtype == torch.bool

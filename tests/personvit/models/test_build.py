@@ -7,6 +7,7 @@ import torch
 
 from personvit.config.core import ConfigError, from_dict
 from personvit.config.finetune import ReIDModelConfig
+from personvit.config.model import BackboneConfig
 from personvit.config.pretrain import PretrainModelConfig
 from personvit.models.build import build_backbone, build_student_teacher, model_section, vit_kwargs
 
@@ -43,3 +44,19 @@ def test_model_section_reads_the_run_config_typed() -> None:
     assert isinstance(model_section({"model": TINY, "data": {"img_size": [64, 32]}}), ReIDModelConfig)
     with pytest.raises(ConfigError, match=r"unknown config key 'model.embed_dims'"):
         model_section({"model": {"arch": "vit_tiny", "embed_dims": 32}})
+
+
+@pytest.mark.parametrize("schema", [PretrainModelConfig, ReIDModelConfig])
+def test_both_schemas_are_one_backbone_section(schema) -> None:
+    assert issubclass(schema, BackboneConfig)
+    assert from_dict(schema, {"embed_dim": 32}).embed_dim == 32  # flat keys, as in the YAML
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.embed_dims'"):
+        from_dict(schema, {"embed_dims": 32}, prefix="model")
+    with pytest.raises(ConfigError, match=r"'model': drop_path_rate must be in \[0, 1\)"):
+        from_dict(schema, {"drop_path_rate": 1.0}, prefix="model")
+
+
+@pytest.mark.parametrize("schema, bad", [(PretrainModelConfig, 0), (ReIDModelConfig, -1), (ReIDModelConfig, None)])
+def test_each_schema_keeps_its_spelling_of_unset(schema, bad) -> None:
+    with pytest.raises(ConfigError, match="depth"):
+        from_dict(schema, {"depth": bad}, prefix="model")
