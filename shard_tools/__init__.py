@@ -8,12 +8,11 @@ modules, which this package cannot shadow).
 
 from __future__ import annotations
 
-import importlib
+from personvit.lazy_exports import lazy_getattr
 
 __version__ = "0.1.0"
 
-# Public name -> the module that owns it. Imported on first use (PEP 562), so importing this
-# package stays as light as before (no torch, not even `typing`, unless a name is used).
+# Public name -> the module that owns it, imported on first use (personvit.lazy_exports).
 _EXPORTS = {
     "SourceError": "shard_tools.sources.base",
     "open_source": "shard_tools.sources",
@@ -21,8 +20,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> object:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

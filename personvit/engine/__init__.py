@@ -5,10 +5,9 @@ Public API: the pieces below, which other packages and tests build on.
 
 from __future__ import annotations
 
-import importlib
+from personvit.lazy_exports import lazy_getattr
 
-# Public name -> the module that owns it. Imported on first use (PEP 562), so importing this
-# package stays as light as before (no torch, not even `typing`, unless a name is used).
+# Public name -> the module that owns it, imported on first use (personvit.lazy_exports).
 _EXPORTS = {
     "Checkpointer": "personvit.engine.loop",
     "EvaluationError": "personvit.engine.evaluate",
@@ -22,8 +21,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> object:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
