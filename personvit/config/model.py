@@ -2,7 +2,7 @@
 
 `PretrainModelConfig` (config/pretrain.py) adds `mlp_ratio`, `init` and the projection `head`;
 `ReIDModelConfig` (config/finetune.py) adds `init`, `init_strict` and `classifier_std`. Both inherit
-the fields here, so the YAML keys stay flat (`model.embed_dim`) and `personvit.models.build.vit_kwargs`
+the fields here, so the YAML keys stay flat (`model.embed_dim`) and `BackboneConfig.vit_overrides`
 maps either to `build_vit` arguments in one way.
 """
 

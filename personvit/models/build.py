@@ -24,18 +24,9 @@ from personvit.models.vit import VisionTransformer, build_vit
 from personvit.rng import Stream, derive_seed
 
 __all__ = ["ModelSection", "build_backbone", "build_eval_reid_model", "build_finetune_model", "build_reid_model",
-           "build_ssl_network", "build_student_teacher", "model_arch", "model_section", "vit_kwargs"]
+           "build_ssl_network", "build_student_teacher", "model_arch", "model_section"]
 
 ModelSection = PretrainModelConfig | ReIDModelConfig
-
-
-def vit_kwargs(model: BackboneConfig) -> dict[str, Any]:
-    """`build_vit` architecture overrides of either schema's `model` section (only the ones set).
-
-    Args:
-        model: a pretraining (None = keep) or fine-tuning (0 = keep) `model` section.
-    """
-    return model.vit_overrides()
 
 
 def build_backbone(model: BackboneConfig, img_size: Sequence[int], drop_path_rate: float = 0.0,
@@ -49,7 +40,7 @@ def build_backbone(model: BackboneConfig, img_size: Sequence[int], drop_path_rat
         attn_backend: attention kernel; None = the section's.
     """
     return build_vit(model.arch, img_size=tuple(img_size), attn_backend=attn_backend or model.attn_backend,
-                     drop_path_rate=drop_path_rate, **vit_kwargs(model))
+                     drop_path_rate=drop_path_rate, **model.vit_overrides())
 
 
 def build_reid_model(arch: str, img_size: tuple[int, int], num_classes: int, drop_path_rate: float = 0.0,
@@ -80,7 +71,7 @@ def build_finetune_model(model: ReIDModelConfig, img_size: Sequence[int], num_cl
         num_classes: training identities.
     """
     return build_reid_model(model.arch, tuple(img_size), num_classes, model.drop_path_rate, model.attn_backend,
-                            model.classifier_std, vit_kwargs(model))
+                            model.classifier_std, model.vit_overrides())
 
 
 def model_arch(model: ReIDModelConfig, img_size: Sequence[int]) -> dict[str, Any]:
@@ -90,7 +81,7 @@ def model_arch(model: ReIDModelConfig, img_size: Sequence[int]) -> dict[str, Any
         model: the fine-tuning `model` section.
         img_size: `data.img_size`.
     """
-    return {"arch": model.arch, "img_size": [int(img_size[0]), int(img_size[1])], **vit_kwargs(model)}
+    return {"arch": model.arch, "img_size": [int(img_size[0]), int(img_size[1])], **model.vit_overrides()}
 
 
 def build_eval_reid_model(model: ReIDModelConfig, img_size: Sequence[int],
@@ -105,7 +96,7 @@ def build_eval_reid_model(model: ReIDModelConfig, img_size: Sequence[int],
     """
     if arch_record is None:
         return build_reid_model(model.arch, tuple(img_size), 0, attn_backend=model.attn_backend,
-                                overrides=vit_kwargs(model))
+                                overrides=model.vit_overrides())
     overrides = {k: v for k, v in arch_record.items() if k not in ("arch", "img_size")}
     return build_reid_model(arch_record["arch"], tuple(img_size), 0, attn_backend=model.attn_backend,
                             overrides=overrides)

@@ -35,9 +35,10 @@ class Job:
     """One image to render: who, which camera, which draw, where it goes."""
 
     identity: int
-    camera: int
+    camera: int  # a labeled camera, or the image's own scene number when `own_scene`
     draw: int
     path: str
+    own_scene: bool = False  # an unlabeled image with its own scene (`sample_scene`)
 
 
 def _labeled_jobs(identities: int, cameras: int, seed: int) -> list[Job]:
@@ -83,11 +84,12 @@ def _unlabeled_jobs(images: int, cameras: int, per_identity: int) -> list[Job]:
     jobs = []
     for i in range(images):
         ident = UNLABELED_BASE + i // per_identity
+        path = f"unlabeled/{i:07d}.jpg"
         if cameras:
             cam = UNLABELED_CAMERA_BASE + int(np.random.default_rng([i, ident]).integers(cameras))
+            jobs.append(Job(ident, cam, i % per_identity, path))
         else:
-            cam = -1 - i  # a scene of its own: `_render_job` draws it with `sample_scene`
-        jobs.append(Job(ident, cam, i % per_identity, f"unlabeled/{i:07d}.jpg"))
+            jobs.append(Job(ident, i + 1, i % per_identity, path, own_scene=True))
     return jobs
 
 
@@ -100,12 +102,15 @@ def write_validation_split(out: Path, identities: int) -> dict[str, int]:
     they were seen by two, as in the test split) and `val/bounding_box_test/`. Files are hard links
     (copies where links fail). Returns the image count per folder.
     """
-    train = sorted((out / "bounding_box_train").glob("*.jpg"))  # pid, camera, frame order
+    from shard_tools.sources import open_source
+
+    # the Market parser's view of the train split (junk and malformed names already dropped)
+    train = sorted((r for r in open_source("market1501", out).list().records if r.split == "train"),
+                   key=lambda r: r.path)  # pid, camera, frame order
     cams_of: dict[int, list[int]] = {}
-    for path in train:
-        pid, cam = int(path.name[:4]), int(path.name.split("_")[1][1])
-        if cam not in cams_of.setdefault(pid, []):
-            cams_of[pid].append(cam)
+    for r in train:
+        if r.camid not in cams_of.setdefault(r.pid, []):
+            cams_of[r.pid].append(r.camid)
     if not 0 < identities < len(cams_of):
         raise ValueError(f"--val-identities must be in 1..{len(cams_of) - 1} (training people), got {identities}")
     held = set(sorted(cams_of)[-identities:])
@@ -114,19 +119,18 @@ def write_validation_split(out: Path, identities: int) -> dict[str, int]:
         shutil.rmtree(dest)
     counts = dict.fromkeys(("bounding_box_train", "query", "bounding_box_test"), 0)
     queried: set[tuple[int, int]] = set()
-    for path in train:
-        pid, cam = int(path.name[:4]), int(path.name.split("_")[1][1])
+    for r in train:
         folder = "bounding_box_train"
-        if pid in held:
-            query_cams = cams_of[pid][: 1 if len(cams_of[pid]) == 2 else 2]
-            folder = "query" if cam in query_cams and (pid, cam) not in queried else "bounding_box_test"
-            queried.add((pid, cam))
-        target = dest / folder / path.name
+        if r.pid in held:
+            query_cams = cams_of[r.pid][: 1 if len(cams_of[r.pid]) == 2 else 2]
+            folder = "query" if r.camid in query_cams and (r.pid, r.camid) not in queried else "bounding_box_test"
+            queried.add((r.pid, r.camid))
+        source, target = out / r.path, dest / folder / Path(r.path).name
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.link(path, target)
+            os.link(source, target)
         except OSError:
-            shutil.copyfile(path, target)
+            shutil.copyfile(source, target)
         counts[folder] += 1
     return counts
 
@@ -137,11 +141,11 @@ _STATE: dict = {}
 def _render_job(job: Job) -> int:
     seed, out = _STATE["seed"], _STATE["out"]
     ident = sample_identity(np.random.default_rng([seed, IDENTITY, job.identity]))
-    if job.camera < 0:  # an unlabeled image's own scene
-        cam = sample_scene(np.random.default_rng([seed, SCENE, -job.camera]))
+    if job.own_scene:
+        cam = sample_scene(np.random.default_rng([seed, SCENE, job.camera]))
     else:
         cam = sample_camera(np.random.default_rng([seed, CAMERA, job.camera]))
-    img = render(ident, cam, np.random.default_rng([seed, IMAGE, job.identity, abs(job.camera), job.draw]))
+    img = render(ident, cam, np.random.default_rng([seed, IMAGE, job.identity, job.camera, job.draw]))
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=cam.quality)
     (out / job.path).write_bytes(buf.getvalue())

@@ -166,9 +166,9 @@ def render(ident: Identity, cam: Camera, rng: np.random.Generator,
     Args:
         ident: the person's stable attributes.
         cam: the camera's (or the image's) nuisance settings.
-        rng: this image's generator (pose, scale, flip, noise; the scene too unless `scene_rng`).
-        scene_rng: the background's and occluder's generator, so that one scene can be rendered behind
-            several people (the person-vs-scene pair test).
+        rng: this image's generator (pose, scale, noise; the scene too unless `scene_rng`).
+        scene_rng: the generator of the background, occluder and flip, so that one scene can be
+            rendered behind several people as the same picture (the person-vs-scene pair test).
     """
     scene_rng = rng if scene_rng is None else scene_rng
     img, d = _background(cam, scene_rng)

@@ -9,7 +9,7 @@ from personvit.config.core import ConfigError, from_dict
 from personvit.config.finetune import ReIDModelConfig
 from personvit.config.model import BackboneConfig
 from personvit.config.pretrain import PretrainModelConfig
-from personvit.models.build import build_backbone, build_student_teacher, model_section, vit_kwargs
+from personvit.models.build import build_backbone, build_student_teacher, model_section
 
 TINY = {"arch": "vit_tiny", "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
 HEAD = {"out_dim": 16, "patch_out_dim": 16, "hidden_dim": 24, "bottleneck_dim": 8}
@@ -31,7 +31,7 @@ def test_student_teacher_are_a_function_of_the_seed_and_leave_the_global_generat
 def test_both_schemas_give_the_same_backbone() -> None:
     pre = from_dict(PretrainModelConfig, TINY)
     fine = from_dict(ReIDModelConfig, TINY)
-    assert vit_kwargs(pre) == vit_kwargs(fine) == {k: v for k, v in TINY.items() if k != "arch"}
+    assert pre.vit_overrides() == fine.vit_overrides() == {k: v for k, v in TINY.items() if k != "arch"}
     torch.manual_seed(0)
     a = build_backbone(pre, (64, 32)).state_dict()
     torch.manual_seed(0)
