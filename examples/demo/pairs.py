@@ -7,8 +7,6 @@ pixels as the reference a learned feature should at least match.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 TRIPLETS = 200
@@ -26,21 +24,6 @@ def _features(lm, images) -> tuple[np.ndarray, np.ndarray]:
         f = token_features(lm.model(x)).numpy()
     d = lm.model.embed_dim
     return f[:, :d], f[:, d:]
-
-
-def random_backbone(pretrain_dir: Path, seed: int = 0):
-    """A LoadedModel with the pretraining run's architecture and freshly initialised weights."""
-    import torch
-
-    from personvit.config.core import load_yaml_text
-    from personvit.models.build import build_backbone, model_section
-    from personvit.viz.inputs import IMAGENET_MEAN, IMAGENET_STD, LoadedModel
-
-    cfg = load_yaml_text((pretrain_dir / "config.yaml").read_text())
-    size = tuple(cfg["data"]["global_size"])
-    torch.manual_seed(seed)
-    model = build_backbone(model_section(cfg), size, attn_backend="math").eval()
-    return LoadedModel(model, None, None, (int(size[0]), int(size[1])), IMAGENET_MEAN, IMAGENET_STD)
 
 
 def person_vs_scene(models: dict[str, object], count: int = TRIPLETS, seed: int = 0) -> dict[str, dict[str, float]]:

@@ -273,7 +273,7 @@ def features_stage(stages: Stages, out: Path, market: Path, pre_dirs: list[Path]
     """Retrieval and the person-vs-scene test of each teacher and of random init, no fine-tuning."""
     import torch
 
-    from examples.demo.pairs import person_vs_scene, random_backbone
+    from examples.demo.pairs import person_vs_scene
     from personvit.viz.inputs import load_model
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -286,7 +286,8 @@ def features_stage(stages: Stages, out: Path, market: Path, pre_dirs: list[Path]
         "retrieval, random init, no fine-tuning", evaluate_features, out, market, "", "random"
     )
     models = {f"{name} CLS": load_model(d) for d, (_, _, name, _) in zip(pre_dirs, PRETRAININGS)}
-    models["random-init CLS"] = random_backbone(pre_dirs[0])
+    torch.manual_seed(0)
+    models["random-init CLS"] = load_model(pre_dirs[0], random_weights=True)
     pairs = stages.run("person-vs-scene triplets", person_vs_scene, models)
     for name, scores in pairs.items():
         no_ft.setdefault(name, {}).update({f"person_{k}": v for k, v in scores.items()})

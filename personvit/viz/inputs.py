@@ -80,6 +80,7 @@ def load_model(
     img_size: tuple[int, int] | None = None,
     mean: tuple[float, float, float] | None = None,
     std: tuple[float, float, float] | None = None,
+    random_weights: bool = False,
 ) -> LoadedModel:
     """Build the backbone described by the run's config (or the arguments) and load its weights.
 
@@ -90,6 +91,8 @@ def load_model(
         overrides: patch_size / embed_dim / depth / num_heads overriding the config's.
         img_size: (H, W) overriding the config's `data.img_size`.
         mean, std: input normalisation; default: the config's, else ImageNet's (pretraining).
+        random_weights: keep the fresh initialisation (seeded by the caller's torch RNG) instead of
+            loading the checkpoint's weights: the random-init baseline with the run's architecture.
     """
     path = resolve_checkpoint_path(ckpt)
     config_path, cfg = _run_config(path)
@@ -108,11 +111,13 @@ def load_model(
         model = build_backbone(section, size, attn_backend="math")
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: cannot build the model ({e})") from None
-    payload = read_checkpoint_file(path)
-    load_backbone(model, payload, which=which, strict=True)
+    payload = None if random_weights else read_checkpoint_file(path)
+    if payload is not None:
+        load_backbone(model, payload, which=which, strict=True)
     model.eval()
     step = payload.get("step") if isinstance(payload, dict) else None
-    return LoadedModel(model, int(step) if isinstance(step, int) else None, _head_mlp(payload, which),
+    head = None if payload is None else _head_mlp(payload, which)
+    return LoadedModel(model, int(step) if isinstance(step, int) else None, head,
                        (int(size[0]), int(size[1])),
                        tuple(mean or data_cfg.get("mean") or IMAGENET_MEAN),
                        tuple(std or data_cfg.get("std") or IMAGENET_STD))
