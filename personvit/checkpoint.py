@@ -73,14 +73,22 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:
-    """A checkpoint file from a file, a checkpoint folder, or a run folder (its latest checkpoint)."""
+    """A checkpoint file from a file, a checkpoint folder, or a run folder (its latest checkpoint).
+
+    A newer file that is not usable (truncated, or without its commit marker) is skipped with a
+    warning naming it, as a resume does: `model.init=<run>` must not quietly start from older
+    weights than the folder seems to hold.
+    """
     path = Path(path)
     if path.is_file():
         return path
     for folder in (path / "checkpoints", path):
         if folder.is_dir() and (any(folder.glob("ckpt-*.commit")) or (folder / "latest").exists()):
-            found = CheckpointManager(folder, is_main=False).latest()
+            manager = CheckpointManager(folder, is_main=False)
+            found = manager.latest()
             if found is not None:
+                for reason in manager.unusable_newer(found):
+                    log.warning("skipping unusable checkpoint %s; using %s", reason, found)
                 return found
     raise CheckpointError(f"no complete checkpoint at {path}")
 
@@ -251,6 +259,8 @@ class CheckpointManager:
             return "payload missing (only its commit marker exists)"
         size = ckpt.stat().st_size
         if size != marker.get("bytes"):
+            if isinstance(marker.get("bytes"), int) and size > marker["bytes"]:
+                return f"changed after its commit: {size} bytes, its marker says {marker['bytes']}"
             return f"truncated: {size} of {marker.get('bytes')} bytes"
         return None
 

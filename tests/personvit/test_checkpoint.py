@@ -18,6 +18,7 @@ from personvit.checkpoint import (
     CheckpointManager,
     compare_checkpoints,
     load_checkpoint,
+    resolve_checkpoint_path,
 )
 from personvit.cli import main as cli_main
 from personvit.config.core import ConfigError, load_config
@@ -245,3 +246,27 @@ def test_ckpt_info_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "step 9" in out and "model" in out
     assert cli_main(["ckpt", "info", str(tmp_path / "missing")]) == 2
+
+
+def test_resolving_a_run_folder_reports_a_newer_unusable_checkpoint(tmp_path, warnings_of_checkpoint):
+    """`model.init=<run>` and `weights=<run>` fall back as a resume does, and say so."""
+    mgr = CheckpointManager(tmp_path / "checkpoints")
+    for step in (1, 2):
+        mgr.save(_state(step), step=step, epoch=0)
+    assert resolve_checkpoint_path(tmp_path) == tmp_path / "checkpoints" / "ckpt-000000002.pt"
+    assert warnings_of_checkpoint == []
+    newest = tmp_path / "checkpoints" / "ckpt-000000002.pt"
+    size = newest.stat().st_size
+    newest.write_bytes(newest.read_bytes()[:100])  # edited or cut short after its commit
+    previous = tmp_path / "checkpoints" / "ckpt-000000001.pt"
+    assert resolve_checkpoint_path(tmp_path) == previous
+    assert warnings_of_checkpoint == [
+        f"skipping unusable checkpoint {newest}: truncated: 100 of {size} bytes; using {previous}"
+    ]
+    warnings_of_checkpoint.clear()
+    newest.write_bytes(b"x" * (size + 7))  # rewritten in place, e.g. edited weights saved over it
+    assert resolve_checkpoint_path(tmp_path) == previous
+    assert warnings_of_checkpoint == [
+        f"skipping unusable checkpoint {newest}: changed after its commit: {size + 7} bytes, its marker "
+        f"says {size}; using {previous}"
+    ]
