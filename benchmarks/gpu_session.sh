@@ -40,10 +40,11 @@ cp benchmarks/vit_step.json "$OUT/" 2>/dev/null
 echo "== 4. demo path on the GPU"
 D=${E2E_DIR:-/tmp/e2e}
 rm -rf $D
-$PY -m shard_tools.cli synth $D/synth --identities ${IDS:-200} --unlabeled ${UNLABELED:-3000} --val-identities ${VAL_IDS:-30} --workers 16 2>&1 | tail -1
+$PY -m shard_tools.cli synth $D/synth --identities ${IDS:-200} --unlabeled ${UNLABELED:-3000} --val-identities ${VAL_IDS:-30} --workers "$(nproc)" 2>&1 | tail -1
 $PY -m shard_tools.cli pack luperson $D/synth/unlabeled $D/lup --maxcount 500 --quiet
 $PY -m shard_tools.cli pack market1501 $D/synth/val $D/val --maxcount 500 --quiet
-AUG="data.blur_sigma=[0.1,0.5] data.grayscale_p=0 data.hue=0"
+# The demo's pretraining augmentations, read from the demo so the two cannot drift apart.
+AUG=$($PY -c "from examples.demo.run import PRETRAIN_AUG; print(' '.join(PRETRAIN_AUG))") || exit 1
 t0=$(date +%s)
 timeout 240 $PY -m personvit pretrain configs/pretrain/tiny_cpu.yaml run.dir=$D/pre data.shards=$D/lup \
   train.epochs=${PRE_EPOCHS:-10} data.batch_size_per_rank=64 data.num_workers=6 data.pin_memory=true checkpoint.keep_every_epochs=0 \

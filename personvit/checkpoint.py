@@ -75,8 +75,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def resolve_checkpoint_path(path: str | Path) -> Path:
     """A checkpoint file from a file, a checkpoint folder, or a run folder (its latest checkpoint).
 
-    A newer file that is not usable (truncated, or without its commit marker) is skipped with a
-    warning naming it, as a resume does: `model.init=<run>` must not quietly start from older
+    A newer file that is not usable (truncated, changed after its commit, or without its commit
+    marker) is skipped with a warning naming it, as a resume does: `model.init=<run>` must not quietly start from older
     weights than the folder seems to hold.
     """
     path = Path(path)
@@ -257,12 +257,12 @@ class CheckpointManager:
             return f"unreadable commit marker {marker_path.name}"
         if not ckpt.exists():
             return "payload missing (only its commit marker exists)"
-        size = ckpt.stat().st_size
-        if size != marker.get("bytes"):
-            if isinstance(marker.get("bytes"), int) and size > marker["bytes"]:
-                return f"changed after its commit: {size} bytes, its marker says {marker['bytes']}"
-            return f"truncated: {size} of {marker.get('bytes')} bytes"
-        return None
+        size, expected = ckpt.stat().st_size, marker.get("bytes")
+        if size == expected:
+            return None
+        if isinstance(expected, int) and size > expected:
+            return f"changed after its commit: {size} bytes, its marker says {expected}"
+        return f"truncated: {size} of {expected} bytes"
 
     def newest_loadable(self) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
         """(path, payload, why each newer file was unusable) of the checkpoint a resume would load.
